@@ -1,0 +1,36 @@
+"""celery-durable: make Celery lose nothing when things break.
+
+* ``broker_url = "durable+redis://..."``: a Kombu transport that spills publishes
+  to a local LevelDB store while the broker is down or slow, and drains them in
+  order when it is back (``celery_durable.transport``).
+* ``@dead_letter``: dump tasks on their final failure (``celery_durable.dlq``) and
+  restore them from beat (``celery_durable.restore``).
+
+Importing this package registers the ``durable`` Kombu transport alias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "dead_letter", "enable_restore_schedule"]
+
+TRANSPORT_ALIASES.setdefault("durable", "celery_durable.transport:Transport")
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import celery_durable` (for the transport alias) must stay cheap and
+    # must not import Celery's app machinery into plain Kombu producers.
+    if name == "dead_letter":
+        from .dlq.capture import dead_letter
+
+        return dead_letter
+    if name == "enable_restore_schedule":
+        from .restore.schedule import enable_restore_schedule
+
+        return enable_restore_schedule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,96 @@
+"""What a dead-letter dump is, and the interface every dump store implements.
+
+A store is chosen by URL (``durable_dlq_url``): ``file:///path`` or
+``redis://host:port/db``.  Users can add their own by subclassing
+:class:`DumpStore` and registering a URL scheme (see ``celery_durable.dlq.stores``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["DumpEntry", "DumpStore", "QuarantinedDump"]
+
+
+@dataclass
+class DumpEntry:
+    """A task that failed for good, with all that is needed to republish and debug it."""
+
+    task_id: str
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    #: Celery protocol-2 message headers rebuilt from the request (id, task, root_id,
+    #: parent_id, group, group_index, retries, eta, expires, timelimit, stamps, ...).
+    headers: dict[str, Any]
+    #: Message properties (correlation_id, reply_to, priority, delivery_mode, ...).
+    properties: dict[str, Any]
+    #: Where it came from: exchange, routing_key, queue.
+    delivery_info: dict[str, Any]
+    #: The body's third element: callbacks, errbacks, chain, chord.
+    embed: dict[str, Any]
+    exc_type: str
+    exc_message: str
+    traceback: str
+    hostname: str
+    failed_at: float
+    #: How many times this task was already restored (header ``x-durable-restores``).
+    restores: int = 0
+    #: Store-assigned id, unique within the store, ordered oldest first.  Empty
+    #: until the entry has been written.
+    entry_id: str = ""
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DumpEntry:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class QuarantinedDump:
+    """A segment or record the store could not read: kept on disk, reported, never deleted."""
+
+    location: str
+    reason: str
+    version: int | None = None
+
+
+class DumpStore(abc.ABC):
+    """Where dumps are written and read.  Implementations must be process-safe."""
+
+    url: str
+
+    @abc.abstractmethod
+    def write(self, entries: list[DumpEntry]) -> None:
+        """Persist ``entries`` atomically (all or none).  Raises ``DumpError``."""
+
+    @abc.abstractmethod
+    def entries(self, *, task: str | None = None) -> Iterator[DumpEntry]:
+        """Live dumps, oldest first (``entry_id`` filled in), optionally one task name."""
+
+    def get(self, task_id: str) -> DumpEntry | None:
+        """The newest dump of ``task_id``, or ``None``."""
+        found = None
+        for entry in self.entries():
+            if entry.task_id == task_id:
+                found = entry
+        return found
+
+    @abc.abstractmethod
+    def delete(self, entry_ids: Iterable[str]) -> int:
+        """Remove dumps by ``entry_id``; return how many were removed."""
+
+    @abc.abstractmethod
+    def quarantined(self) -> list[QuarantinedDump]:
+        """Segments/records that failed checksum or carry another format version."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
