@@ -55,7 +55,8 @@ class Option:
                 f"{where} {self.name}={value!r}: must be one of "
                 + ", ".join(repr(c) for c in self.choices)
             )
-        if self.min is not None and float(value) < self.min:
+        number: Any = value
+        if self.min is not None and number < self.min:
             raise ConfigError(f"{where} {self.name}={value!r}: must be >= {self.min}")
         return value
 
