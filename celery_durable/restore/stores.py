@@ -1,0 +1,31 @@
+"""Open the dump store an app is configured with (``durable_dlq_url``)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..dlq.base import DumpStore
+from ..options import default_dir
+from ..settings import durable_settings
+
+__all__ = ["is_host_local", "open_app_store", "store_url"]
+
+
+def store_url(app: Any) -> str:
+    """``durable_dlq_url``, or ``file://$CELERY_DURABLE_DIR/dlq`` when empty."""
+    url = str(durable_settings(app.conf)["durable_dlq_url"])
+    return url or f"file://{default_dir() / 'dlq'}"
+
+
+def is_host_local(url: str) -> bool:
+    """A ``file://`` store lives on one host: only that host's workers can restore it."""
+    return urlsplit(url).scheme == "file"
+
+
+def open_app_store(app: Any) -> DumpStore:
+    # The capture side owns the store implementations.
+    from ..dlq import open_store  # type: ignore[attr-defined,unused-ignore]
+
+    store: DumpStore = open_store(store_url(app))
+    return store
