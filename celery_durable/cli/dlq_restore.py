@@ -1,0 +1,94 @@
+"""``celery durable dlq restore [TASK_ID ...|--all|--task NAME] [--dry-run] [--force]``.
+
+A manual restore: it ignores the backoff and restores parked entries too (an
+operator asking for a task by id or name has decided), but it honours the
+per-queue rate control unless ``--force``.  It exits non-zero when a named task
+id has no dump, when a queue held entries back, or when the broker refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..dlq.base import DumpEntry
+from ..exceptions import DurableError
+from . import fail, get_app
+from .dlq import dlq
+
+
+def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) -> Any:
+    wanted = set(task_ids)
+
+    def select(entry: DumpEntry) -> bool:
+        if wanted:
+            if entry.task_id in wanted:
+                seen.add(entry.task_id)
+                return True
+            return False
+        return task_name is None or entry.task_name == task_name
+
+    return select
+
+
+@dlq.command(name="restore")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "restore_all", is_flag=True, help="Restore every dump.")
+@click.option("--task", "task_name", metavar="NAME", help="Restore the dumps of one task name.")
+@click.option("--dry-run", is_flag=True, help="Print what would be restored; change nothing.")
+@click.option("--force", is_flag=True, help="Ignore the per-queue rate control.")
+@click.pass_context
+def restore_command(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    restore_all: bool,
+    task_name: str | None,
+    dry_run: bool,
+    force: bool,
+) -> None:
+    """Republish dumped tasks now (ignores backoff; parked entries included)."""
+    if sum((bool(task_ids), restore_all, task_name is not None)) != 1:
+        fail("dlq restore: give TASK_ID..., --all or --task NAME (exactly one)")
+    from ..restore.runner import RestoreOptions, restore
+    from ..restore.stores import open_app_store
+
+    app = get_app(ctx)
+    seen: set[str] = set()
+    try:
+        options = RestoreOptions.from_app(
+            app, batch=None, ignore_backoff=True, include_parked=True, force=force
+        )
+        store = open_app_store(app)
+    except DurableError as exc:
+        fail(f"dlq restore: {exc}")
+    try:
+        report = restore(
+            app, store, options, select=_selector(task_ids, task_name, seen), dry_run=dry_run
+        )
+    except DurableError as exc:
+        fail(f"dlq restore: {exc}")
+    finally:
+        store.close()
+    if report.busy:
+        fail(f"dlq restore: another restore run holds the lock for {store.url}; try again")
+    if dry_run:
+        for m in report.planned:
+            parked = ", parked" if options.max_attempts <= m.entry.restores else ""
+            click.echo(
+                f"{m.entry.task_id}  {m.entry.task_name}  -> {m.queue}"
+                f"  (restore #{m.entry.restores + 1}{parked})"
+            )
+        click.echo(f"would restore {len(report.planned)} dump(s)")
+    else:
+        queues = ", ".join(f"{q}: {n}" for q, n in sorted(report.by_queue.items()))
+        click.echo(f"restored {report.restored} dump(s)" + (f" ({queues})" if queues else ""))
+    missing = sorted(set(task_ids) - seen)
+    if missing:
+        fail(f"dlq restore: no dump for task id(s) {', '.join(missing)}")
+    if report.postponed:
+        held = ", ".join(f"{q}: {n}" for q, n in sorted(report.postponed.items()))
+        fail(
+            f"dlq restore: held back, queue above {options.allow_rate:.0%} of "
+            f"{options.capacity} messages ({held}); retry later or use --force"
+        )
