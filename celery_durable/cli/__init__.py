@@ -38,7 +38,7 @@ def fail(message: str) -> NoReturn:
 
 def _attach() -> None:
     # Imported here so each group module can import `durable`, `fail`, `get_app`.
-    from . import dlq, spill, status  # noqa: F401
+    from . import dlq, dlq_restore, spill, status  # noqa: F401
 
 
 _attach()
