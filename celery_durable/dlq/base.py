@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["DumpEntry", "DumpStore", "QuarantinedDump"]
+__all__ = ["DumpEntry", "DumpStore", "QuarantinedDump", "is_parked"]
 
 
 @dataclass
@@ -44,6 +44,10 @@ class DumpEntry:
     entry_id: str = ""
     version: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The machine (``socket.gethostname()``) whose store holds this dump.  ``hostname``
+    #: above is the worker's node name (``celery@box``); with a ``file://`` store
+    #: only processes on ``host`` can read the dump, so restore fans out by it.
+    host: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +67,15 @@ class QuarantinedDump:
     version: int | None = None
 
 
+def is_parked(entry: DumpEntry, max_attempts: int) -> bool:
+    """Parked: restored ``max_attempts`` times already, so never restored automatically.
+
+    Derived from ``entry.restores`` (nothing is stored), so raising
+    ``durable_restore_max_attempts`` un-parks entries.
+    """
+    return entry.restores >= max_attempts
+
+
 class DumpStore(abc.ABC):
     """Where dumps are written and read.  Implementations must be process-safe."""
 
@@ -71,6 +84,19 @@ class DumpStore(abc.ABC):
     @abc.abstractmethod
     def write(self, entries: list[DumpEntry]) -> None:
         """Persist ``entries`` atomically (all or none).  Raises ``DumpError``."""
+
+    def encode(self, entry: DumpEntry) -> bytes:
+        """``entry`` as this store will write it; the dump queue sizes its batches by it."""
+        from .codec import Codec
+
+        return Codec().encode(entry)
+
+    def write_encoded(self, items: list[tuple[DumpEntry, bytes]]) -> None:
+        """Like :meth:`write` for entries already passed through :meth:`encode`.
+
+        Stores override it to avoid encoding twice; the default just writes.
+        """
+        self.write([entry for entry, _ in items])
 
     @abc.abstractmethod
     def entries(self, *, task: str | None = None) -> Iterator[DumpEntry]:
@@ -91,6 +117,10 @@ class DumpStore(abc.ABC):
     @abc.abstractmethod
     def quarantined(self) -> list[QuarantinedDump]:
         """Segments/records that failed checksum or carry another format version."""
+
+    def count(self, *, task: str | None = None) -> int:
+        """How many live dumps (optionally of one task name)."""
+        return sum(1 for _ in self.entries(task=task))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

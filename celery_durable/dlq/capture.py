@@ -1,0 +1,243 @@
+"""``@dead_letter`` and the ``task_failure`` handler that dumps final failures.
+
+Importing this module connects the handlers (``task_failure``, and the shutdown
+signals that force a final flush); :func:`dead_letter` and
+:func:`celery_durable.dlq.install` import it, and a worker started through the
+``celery`` command imports it at ``worker_init`` when ``durable_dlq_all_tasks``
+is set (see :mod:`celery_durable.worker`).
+
+Which tasks: those marked with :func:`dead_letter` (above or below ``@app.task``,
+the mark is found on the task or on its function) and, with
+``durable_dlq_all_tasks = True``, every task.
+
+Which failures: ``task_failure`` means the task will not run again: ``retry()``
+and ``autoretry_for`` send ``task_retry`` instead, ``Ignore`` and revoked tasks
+send neither.  Celery 5.7 does send ``task_failure`` for ``Reject(requeue=False)``
+(issue #4222) and for a hard time limit whose message is then requeued
+(``acks_late`` without ``acks_on_timeout``); neither is a final failure here, so
+neither is dumped.  Eager calls (``apply()``, ``task_always_eager``) had no
+message to restore and are not dumped either.
+
+A hard time limit or a lost pool process is reported by the worker's *main*
+process, from ``Request.on_timeout``/``Request.on_failure``; there the handler
+finds that ``Request`` on the call stack and copies its message
+(:func:`~celery_durable.dlq.message.entry_from_request`).  The handler never
+raises into the worker: any error is logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from celery import signals
+from celery.app.task import Context, Task
+from celery.exceptions import Ignore, Reject, Retry, Terminated
+from celery.local import PromiseProxy
+
+from ..settings import durable_settings
+from .dumpqueue import DumpQueue
+from .message import entry_from_context, entry_from_request
+from .stores import store_for_app
+
+__all__ = ["dead_letter", "flush_all", "queue_for_app"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MARK = "__durable_dead_letter__"
+NOT_FINAL = (Reject, Ignore, Retry, Terminated)
+
+#: Task names marked through a lazy ``app.task`` proxy, once it is evaluated.
+_marked_names: dict[str, tuple[type[BaseException], ...]] = {}
+_queues: dict[int, DumpQueue] = {}
+_queues_lock = threading.Lock()
+
+
+# -- the decorator --------------------------------------------------------------
+@overload
+def dead_letter(task: T) -> T: ...
+@overload
+def dead_letter(
+    task: None = None, *, exclude: tuple[type[BaseException], ...] = ()
+) -> Callable[[T], T]: ...
+
+
+def dead_letter(task: Any = None, *, exclude: Any = ()) -> Any:
+    """Dump this task on its final failure, unless the exception is one of ``exclude``.
+
+    Works as ``@dead_letter`` or ``@dead_letter(exclude=(ValueError,))``, above or
+    below ``@app.task`` / ``@shared_task`` (with ``@shared_task`` put it below).
+    """
+    excluded = tuple(exclude) if isinstance(exclude, (tuple, list)) else (exclude,)
+
+    def mark(obj: Any) -> Any:
+        if isinstance(obj, PromiseProxy):
+            # `app.task` before the app is finalized: mark the task once it exists,
+            # without forcing the app to finalize at import time.
+            obj.__then__(_mark_evaluated, obj, excluded)
+        else:
+            setattr(obj, MARK, excluded)
+            if isinstance(obj, Task):
+                _marked_names[obj.name] = excluded
+        return obj
+
+    if task is not None:
+        return mark(task)
+    return mark
+
+
+def _mark_evaluated(proxy: PromiseProxy, excluded: tuple[type[BaseException], ...]) -> None:
+    real = proxy._get_current_object()
+    setattr(real, MARK, excluded)
+    _marked_names[real.name] = excluded
+
+
+def _marks(task: Any) -> tuple[type[BaseException], ...] | None:
+    found = getattr(task, MARK, None)
+    if found is None:
+        found = getattr(getattr(task, "run", None), MARK, None)
+    if found is None:
+        found = _marked_names.get(getattr(task, "name", ""))
+    return found
+
+
+# -- the dump queue of this process ---------------------------------------------
+def queue_for_app(app: Any) -> DumpQueue:
+    """This process's dump queue for ``app`` (created on first use)."""
+    queue = _queues.get(id(app))
+    if queue is None:
+        with _queues_lock:
+            queue = _queues.get(id(app))
+            if queue is None:
+                settings = durable_settings(app.conf)
+                queue = DumpQueue(
+                    lambda: store_for_app(app),
+                    capacity_bytes=settings["durable_dlq_capacity_bytes"],
+                    flush_interval=settings["durable_dlq_flush_interval"],
+                )
+                _queues[id(app)] = queue
+    return queue
+
+
+def flush_all(timeout: float = 10.0) -> None:
+    """Final flush of every dump queue of this process (shutdown, exit)."""
+    for queue in list(_queues.values()):
+        try:
+            queue.close(timeout=timeout)
+        except Exception:
+            logger.exception("dlq: final flush failed")
+
+
+def _forget_after_fork() -> None:
+    # The parent writes what it buffered; the child starts empty, with its own
+    # lock and (lazily) its own flusher thread.
+    global _queues_lock
+    _queues.clear()
+    _queues_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+# -- the signal handlers --------------------------------------------------------
+_all_tasks_cache: dict[int, bool] = {}
+
+
+def _all_tasks(app: Any) -> bool:
+    found = _all_tasks_cache.get(id(app))
+    if found is None:
+        found = _all_tasks_cache[id(app)] = bool(
+            durable_settings(app.conf)["durable_dlq_all_tasks"]
+        )
+    return found
+
+
+def _find_request(task_id: str) -> Any:
+    """The worker ``Request`` of ``task_id`` if we are called from its on_timeout/on_failure."""
+    from celery.worker.request import Request
+
+    frame = sys._getframe(2)
+    depth = 0
+    while frame is not None and depth < 12:
+        if frame.f_code.co_name in ("on_timeout", "on_failure"):
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Request) and candidate.id == task_id:
+                return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+        depth += 1
+    return None
+
+
+def _requeued_timeout(task: Any, exc: BaseException) -> bool:
+    from celery.exceptions import TimeLimitExceeded
+
+    return (
+        isinstance(exc, TimeLimitExceeded)
+        and bool(task.acks_late)
+        and not bool(getattr(task, "acks_on_timeout", True))
+    )
+
+
+def _on_task_failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    try:
+        _capture(sender, task_id, exception, args, kwargs, einfo)
+    except Exception:
+        logger.exception("dlq: could not capture the failure of task %s", task_id)
+
+
+def _capture(
+    task: Any, task_id: str | None, exc: BaseException | None, args: Any, kwargs: Any, einfo: Any
+) -> None:
+    if task is None or task_id is None or exc is None:
+        return
+    if isinstance(exc, NOT_FINAL):
+        return
+    excluded = _marks(task)
+    if excluded is None:
+        if not _all_tasks(task.app):
+            return
+        excluded = ()
+    if excluded and isinstance(exc, excluded):
+        return
+    request = _find_request(task_id)
+    if request is not None:
+        if _requeued_timeout(task, exc):
+            return
+        entry = entry_from_request(task, request, exc, einfo)
+    else:
+        ctx = task.request
+        if getattr(ctx, "is_eager", False) or getattr(ctx, "id", None) != task_id:
+            if getattr(ctx, "is_eager", False):
+                return
+            logger.warning("dlq: no request found for failed task %s; dump is partial", task_id)
+            ctx = Context(id=task_id, task=task.name, args=args, kwargs=kwargs)
+        entry = entry_from_context(task, ctx, task_id, exc, einfo, args, kwargs)
+    queue_for_app(task.app).put(entry)
+
+
+def _on_shutdown(**_: Any) -> None:
+    flush_all()
+
+
+signals.task_failure.connect(_on_task_failure, weak=False, dispatch_uid="celery_durable.dlq")
+signals.worker_process_shutdown.connect(
+    _on_shutdown, weak=False, dispatch_uid="celery_durable.dlq.process_shutdown"
+)
+signals.worker_shutdown.connect(
+    _on_shutdown, weak=False, dispatch_uid="celery_durable.dlq.shutdown"
+)
+atexit.register(flush_all)

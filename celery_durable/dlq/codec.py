@@ -1,0 +1,94 @@
+"""Turning a :class:`DumpEntry` into bytes and back, through Kombu's serializer registry.
+
+Why Kombu's registry: users already configure it (``accept_content``, custom
+serializers registered with ``kombu.serialization.register``), so a dump is
+encoded the way their messages are, and decoding refuses what the app refuses
+(pickle unless ``accept_content`` allows it).
+
+A payload is self-describing so a store can mix serializers over time::
+
+    u8 len | content_type | u8 len | content_encoding | serialized entry
+
+Framing (format version, CRC32) belongs to each store; see ``crc_frame``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.serialization import dumps, loads, prepare_accept_content
+
+from ..exceptions import CorruptRecord, DumpError
+from .base import DumpEntry
+
+__all__ = ["Codec", "codec_for_app", "crc32"]
+
+
+def crc32(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+class Codec:
+    """Encode with ``serializer``; decode only ``accept`` (serializer names or content types).
+
+    ``accept`` defaults to JSON only, like Celery's ``accept_content``; pass the
+    app's ``accept_content`` to honour it (:func:`codec_for_app`).
+    """
+
+    def __init__(self, serializer: str = "json", accept: Iterable[str] | None = None) -> None:
+        self.serializer = serializer
+        self.accept: set[str] = prepare_accept_content(list(accept or ["json"]))
+
+    def encode(self, entry: DumpEntry) -> bytes:
+        try:
+            content_type, content_encoding, data = dumps(
+                entry.to_dict(), serializer=self.serializer
+            )
+        except Exception as exc:  # kombu raises EncodeError and friends
+            raise DumpError(f"cannot encode dump of {entry.task_id}: {exc!r}") from exc
+        raw = data.encode(content_encoding or "utf-8") if isinstance(data, str) else data
+        ct = (content_type or "").encode()
+        ce = (content_encoding or "").encode()
+        return struct.pack(">B", len(ct)) + ct + struct.pack(">B", len(ce)) + ce + raw
+
+    def decode(self, payload: bytes) -> DumpEntry:
+        """Raises ``CorruptRecord`` for bad bytes, ``ContentDisallowed`` if not accepted."""
+        try:
+            ctlen = payload[0]
+            content_type = payload[1 : 1 + ctlen].decode()
+            pos = 1 + ctlen
+            celen = payload[pos]
+            content_encoding = payload[pos + 1 : pos + 1 + celen].decode()
+            raw = payload[pos + 1 + celen :]
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise CorruptRecord(f"bad dump payload header: {exc!r}") from exc
+        try:
+            data: Any = loads(
+                raw,
+                content_type,
+                content_encoding,
+                accept=self.accept,
+            )
+        except ContentDisallowed:
+            raise
+        except (DecodeError, ValueError, TypeError) as exc:
+            raise CorruptRecord(f"cannot decode dump ({content_type}): {exc!r}") from exc
+        if not isinstance(data, dict) or "task_id" not in data:
+            raise CorruptRecord("decoded dump is not an entry mapping")
+        try:
+            return DumpEntry.from_dict(data)
+        except TypeError as exc:
+            raise CorruptRecord(f"dump misses fields: {exc}") from exc
+
+
+def codec_for_app(app: Any, serializer: str | None = None) -> Codec:
+    """The codec an app's settings ask for: ``durable_dlq_serializer``, ``accept_content``."""
+    from ..settings import durable_settings
+
+    conf = app.conf
+    name = serializer or durable_settings(conf)["durable_dlq_serializer"]
+    return Codec(name, conf.accept_content or ["json"])

@@ -1,0 +1,420 @@
+"""``file:///path``: dumps in append-only segment files, one file per flush.
+
+Layout under the store directory (created 0700, every file 0600)::
+
+    segments/<time_ns>-<host>-<pid>-<counter>.seg   complete segments, never modified
+    tmp/<name>.tmp                                  a segment being written
+    deleted/<segment stem>.<unique>.del             tombstones: record indexes deleted
+    quarantine/<name>[.why]                         unreadable segments, kept for a human
+
+Writing (many processes at once, no locks): a flush builds the whole segment in
+``tmp/`` under a name no other process can pick (host, pid, time, counter),
+fsyncs it and renames it into ``segments/``, then fsyncs the directory.  A reader
+sees a segment completely or not at all; a writer SIGKILLed mid-flush leaves
+only a temp file, which is never read.
+
+Segment format::
+
+    b"CDLQSEG\\0" | u32 version | u16 meta_len | meta (JSON: host, pid, count) | u32 crc32
+    then per record: b"\\xd1\\x0c\\x5e\\x9a" | u32 length | u32 crc32(payload) | payload
+
+The version comes first so any later format can still be recognised.  A segment
+of another ``durable_dlq_version`` is left where it is, never read and never
+deleted, and reported by :meth:`FileStore.quarantined` (a newer deployment may
+be reading it).  A segment whose header is damaged is moved to ``quarantine/``.
+Within a good segment a record that fails its CRC (flipped byte) or runs past
+the end (torn tail) is skipped, counted once per process in
+``celery_durable_corrupt_records{store="dlq"}`` and reported; the reader
+resynchronises on the next record marker and reads the rest.
+
+Deleting (safe with concurrent writers, readers and deleters): segments are
+immutable, so a delete writes a *tombstone* file (atomically, temp + rename)
+listing the deleted record indexes of one segment.  Readers list the tombstones
+*before* reading segments, so a reader sees a consistent snapshot: at worst an
+entry deleted during the read still shows, never a half state.  When the
+tombstones of a segment cover all its records the segment is unlinked, then its
+tombstones (a segment that had damaged records is moved to ``quarantine/``
+instead).  Two deleters racing write two tombstones; their union is the truth,
+so no delete is lost, which a rewrite-and-rename scheme could not guarantee.
+
+Entry ids are ``<segment stem>:<index>``: segment names start with the write
+time, so sorting ids lists dumps oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from kombu.exceptions import ContentDisallowed
+
+from ... import metrics
+from ...exceptions import ConfigError, CorruptRecord, DumpError
+from ..base import DumpEntry, DumpStore, QuarantinedDump
+from ..codec import Codec, crc32
+
+__all__ = ["FileStore"]
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"CDLQSEG\0"
+HEAD = struct.Struct(">8sIH")  # magic, version, meta length
+CRC = struct.Struct(">I")
+REC_MAGIC = b"\xd1\x0c\x5e\x9a"
+REC = struct.Struct(">4sII")  # marker, payload length, crc32(payload)
+SUFFIX = ".seg"
+
+_counter = itertools.count()
+_SAFE = re.compile(r"[^A-Za-z0-9_]+")  # no dots: the stem ends at the first dot
+
+
+def _path_from_url(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"durable_dlq_url {url!r}: file URLs must be local (file:///path)")
+    if not parts.path:
+        raise ConfigError(f"durable_dlq_url {url!r}: no path")
+    return Path(unquote(parts.path))
+
+
+def encode_header(version: int, meta: dict[str, object]) -> bytes:
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    head = HEAD.pack(MAGIC, version, len(raw)) + raw
+    return head + CRC.pack(crc32(head[8:]))
+
+
+def encode_record(payload: bytes) -> bytes:
+    return REC.pack(REC_MAGIC, len(payload), crc32(payload)) + payload
+
+
+class _Segment:
+    """One parsed segment: header fields, good records, damaged offsets."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        self.stem = path.name[: -len(SUFFIX)]
+        magic, self.version, meta_len = HEAD.unpack_from(data, 0)  # struct.error if short
+        if magic != MAGIC:
+            raise CorruptRecord("not a dump segment (bad magic)")
+        end = HEAD.size + meta_len
+        if len(data) < end + CRC.size:
+            raise CorruptRecord("segment header cut short")
+        (crc,) = CRC.unpack_from(data, end)
+        if crc != crc32(data[8:end]):
+            raise CorruptRecord("segment header checksum mismatch")
+        self.meta = json.loads(data[HEAD.size : end])
+        self.count = int(self.meta.get("count", 0))
+        self.body_at = end + CRC.size
+        self.data = data
+
+    def records(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
+        """Good ``(index, payload)`` records and damaged ``(offset, reason)`` spots."""
+        good: list[tuple[int, bytes]] = []
+        damaged: list[tuple[int, str]] = []
+        data, pos, index = self.data, self.body_at, 0
+        while pos < len(data):
+            if len(data) - pos < REC.size:
+                damaged.append((pos, "torn tail (record header cut short)"))
+                break
+            marker, length, crc = REC.unpack_from(data, pos)
+            start, end = pos + REC.size, pos + REC.size + length
+            if marker == REC_MAGIC and end <= len(data) and crc32(data[start:end]) == crc:
+                good.append((index, data[start:end]))
+                index += 1
+                pos = end
+                continue
+            reason = (
+                "torn tail (record cut short)"
+                if marker == REC_MAGIC and end > len(data)
+                else "record checksum mismatch"
+            )
+            damaged.append((pos, reason))
+            index += 1
+            # Resynchronise on the next record marker; records after it are fine.
+            nxt = data.find(REC_MAGIC, pos + 1)
+            if nxt < 0:
+                break
+            pos = nxt
+        return good, damaged
+
+
+class FileStore(DumpStore):
+    """Dump segments in a local directory, shared by every process of this host."""
+
+    def __init__(self, url: str, *, codec: Codec | None = None, version: int = 1) -> None:
+        self.url = url
+        self.root = _path_from_url(url)
+        self.codec = codec or Codec()
+        self.version = version
+        self.host = socket.gethostname()
+        self.segments_dir = self.root / "segments"
+        self.tmp_dir = self.root / "tmp"
+        self.deleted_dir = self.root / "deleted"
+        self.quarantine_dir = self.root / "quarantine"
+        self._counted: set[tuple[str, int]] = set()
+        try:
+            for d in (self.root, self.segments_dir, self.tmp_dir, self.deleted_dir):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DumpError(f"cannot create dump store {self.root}: {exc}") from exc
+
+    # -- writing ---------------------------------------------------------------
+    def encode(self, entry: DumpEntry) -> bytes:
+        if not entry.host:
+            entry.host = self.host
+        return self.codec.encode(entry)
+
+    def write(self, entries: list[DumpEntry]) -> None:
+        self.write_encoded([(e, self.encode(e)) for e in entries])
+
+    def write_encoded(self, items: list[tuple[DumpEntry, bytes]]) -> None:
+        if not items:
+            return
+        pid = os.getpid()
+        stem = f"{time.time_ns():020d}-{_SAFE.sub('_', self.host)}-{pid}-{next(_counter):08d}"
+        meta = {"host": self.host, "pid": pid, "count": len(items), "created": time.time()}
+        chunks = [encode_header(self.version, meta)]
+        chunks.extend(encode_record(payload) for _, payload in items)
+        tmp = self.tmp_dir / f"{stem}.tmp"
+        final = self.segments_dir / f"{stem}{SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(b"".join(chunks))
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            self._fsync_dir(self.segments_dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise DumpError(f"cannot write dump segment {final}: {exc}") from exc
+        for index, (entry, _) in enumerate(items):
+            entry.entry_id = f"{stem}:{index:06d}"
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reading ---------------------------------------------------------------
+    def _tombstones(self) -> dict[str, set[int]]:
+        deleted: dict[str, set[int]] = defaultdict(set)
+        for name in self._listdir(self.deleted_dir):
+            if not name.endswith(".del"):
+                continue
+            stem = name.split(".", 1)[0]
+            try:
+                text = (self.deleted_dir / name).read_text()
+            except FileNotFoundError:  # its segment was just compacted away
+                continue
+            deleted[stem].update(int(x) for x in text.split())
+        return deleted
+
+    @staticmethod
+    def _listdir(path: Path) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def _segments(self) -> Iterator[_Segment | QuarantinedDump]:
+        """Readable segments of our version, oldest first; others as QuarantinedDump."""
+        for name in self._listdir(self.segments_dir):
+            if not name.endswith(SUFFIX):
+                continue
+            path = self.segments_dir / name
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # compacted away by a concurrent delete
+                continue
+            except OSError as exc:
+                raise DumpError(f"cannot read dump segment {path}: {exc}") from exc
+            try:
+                seg = _Segment(path, data)
+            except (CorruptRecord, struct.error, ValueError) as exc:
+                yield self._quarantine(path, f"unreadable segment header: {exc}")
+                continue
+            if seg.version != self.version:
+                yield QuarantinedDump(
+                    str(path),
+                    f"format version {seg.version}, this store reads {self.version}",
+                    seg.version,
+                )
+                continue
+            yield seg
+
+    def _quarantine(self, path: Path, reason: str) -> QuarantinedDump:
+        """Move an unreadable segment out of the way, with a note saying why."""
+        self._count_damage(path.name, -1)
+        logger.error("dlq: quarantining dump segment %s: %s", path, reason)
+        self.quarantine_dir.mkdir(mode=0o700, exist_ok=True)
+        target = self.quarantine_dir / path.name
+        try:
+            why = self.quarantine_dir / f"{path.name}.why"
+            fd = os.open(why, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(reason + "\n")
+            os.rename(path, target)
+        except FileNotFoundError:  # another reader moved it first
+            pass
+        except OSError as exc:
+            logger.error("dlq: cannot move %s to quarantine: %s", path, exc)
+            return QuarantinedDump(str(path), reason)
+        return QuarantinedDump(str(target), reason)
+
+    def _count_damage(self, name: str, offset: int) -> None:
+        if (name, offset) not in self._counted:
+            self._counted.add((name, offset))
+            metrics.CORRUPT_RECORDS.labels(store="dlq").inc()
+
+    def _decoded(
+        self, seg: _Segment, deleted: set[int]
+    ) -> tuple[list[DumpEntry], list[QuarantinedDump]]:
+        entries: list[DumpEntry] = []
+        bad: list[QuarantinedDump] = []
+        good, damaged = seg.records()
+        for offset, reason in damaged:
+            self._count_damage(seg.path.name, offset)
+            bad.append(QuarantinedDump(f"{seg.path}@{offset}", reason, seg.version))
+        for index, payload in good:
+            if index in deleted:
+                continue
+            try:
+                entry = self.codec.decode(payload)
+            except ContentDisallowed as exc:
+                bad.append(QuarantinedDump(f"{seg.path}#{index}", f"not accepted: {exc}"))
+                continue
+            except CorruptRecord as exc:
+                self._count_damage(seg.path.name, -2 - index)
+                bad.append(QuarantinedDump(f"{seg.path}#{index}", str(exc), seg.version))
+                continue
+            entry.entry_id = f"{seg.stem}:{index:06d}"
+            if not entry.host:
+                entry.host = str(seg.meta.get("host", ""))
+            entries.append(entry)
+        return entries, bad
+
+    def entries(self, *, task: str | None = None) -> Iterator[DumpEntry]:
+        deleted = self._tombstones()
+        for seg in self._segments():
+            if isinstance(seg, QuarantinedDump):
+                continue
+            for entry in self._decoded(seg, deleted.get(seg.stem, set()))[0]:
+                if task is None or entry.task_name == task:
+                    yield entry
+
+    def quarantined(self) -> list[QuarantinedDump]:
+        found: list[QuarantinedDump] = []
+        deleted = self._tombstones()
+        for seg in self._segments():
+            if isinstance(seg, QuarantinedDump):
+                found.append(seg)
+            else:
+                found.extend(self._decoded(seg, deleted.get(seg.stem, set()))[1])
+        for name in self._listdir(self.quarantine_dir):
+            if name.endswith(".why"):
+                continue
+            why = self.quarantine_dir / f"{name}.why"
+            try:
+                reason = why.read_text().strip()
+            except OSError:
+                reason = "quarantined"
+            found.append(QuarantinedDump(str(self.quarantine_dir / name), reason))
+        return found
+
+    # -- deleting --------------------------------------------------------------
+    def delete(self, entry_ids: Iterable[str]) -> int:
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for entry_id in entry_ids:
+            stem, _, index = entry_id.rpartition(":")
+            if stem and index.isdigit():
+                wanted[stem].add(int(index))
+        if not wanted:
+            return 0
+        deleted = self._tombstones()
+        removed = 0
+        for stem, indexes in wanted.items():
+            path = self.segments_dir / f"{stem}{SUFFIX}"
+            try:
+                seg = _Segment(path, path.read_bytes())
+            except FileNotFoundError:
+                continue
+            except (CorruptRecord, struct.error, ValueError, OSError):
+                continue  # never delete from a segment we cannot read
+            if seg.version != self.version:
+                continue
+            new = {i for i in indexes if i < seg.count} - deleted[stem]
+            if not new:
+                continue
+            self._write_tombstone(stem, new)
+            removed += len(new)
+            if deleted[stem] | new >= set(range(seg.count)):
+                self._compact(seg)
+        return removed
+
+    def _write_tombstone(self, stem: str, indexes: set[int]) -> None:
+        name = f"{stem}.{os.getpid()}-{time.time_ns()}-{next(_counter)}.del"
+        tmp = self.tmp_dir / f"{name}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, "\n".join(str(i) for i in sorted(indexes)).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.deleted_dir / name)
+            self._fsync_dir(self.deleted_dir)
+        except OSError as exc:
+            raise DumpError(f"cannot delete dumps from segment {stem}: {exc}") from exc
+
+    def _compact(self, seg: _Segment) -> None:
+        """Every record of ``seg`` is deleted: drop it (keep it if it had damage)."""
+        _, damaged = seg.records()
+        try:
+            if damaged:
+                self._quarantine(seg.path, f"damaged records at offsets {[o for o, _ in damaged]}")
+            else:
+                seg.path.unlink()
+        except FileNotFoundError:
+            pass
+        for name in self._listdir(self.deleted_dir):
+            if name.startswith(seg.stem + "."):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.deleted_dir / name).unlink()
+
+    def cleanup_temp(self, older_than: float = 3600.0) -> int:
+        """Remove temp files left by writers that died mid-flush; return how many.
+
+        Such a file was never renamed into ``segments/``, so no reader ever saw it.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        for name in self._listdir(self.tmp_dir):
+            path = self.tmp_dir / name
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+        return removed
