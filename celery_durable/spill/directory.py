@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import plyvel
 
 from ..exceptions import SpillError
-from .store import _META, _META_KEY, StoreLocked, open_db, open_paths
+from .layout import StoreLocked, open_db, open_paths, read_state
 
 __all__ = ["StoreInfo", "find_orphans", "list_stores", "new_store_path", "parse_name"]
 
@@ -127,13 +126,11 @@ def list_stores(spill_dir: str | os.PathLike[str]) -> list[StoreInfo]:
             infos.append(info)
             continue
         try:
-            raw = db.get(_META_KEY)
-            if raw is None:
-                info.records = info.bytes = info.quarantined = 0
-            else:
-                _next, _acked, info.records, info.bytes, info.quarantined = _META.unpack(raw)
-        except (plyvel.Error, struct.error) as exc:
-            info.error = f"cannot read meta: {exc}"
+            state = read_state(db)
+            info.records, info.bytes = state.records, state.nbytes
+            info.quarantined = state.quarantined
+        except (plyvel.Error, ValueError) as exc:
+            info.error = f"cannot read counters: {exc}"
         finally:
             db.close()
         infos.append(info)

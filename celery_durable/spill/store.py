@@ -2,22 +2,23 @@
 
 Invariants (each one is tested):
 
-* **Keyspaces.** One LevelDB holds ``b"r" + seq`` (backlog records),
-  ``b"q" + seq`` (quarantined bytes that failed to decode) and ``b"m"`` (meta).
-  ``seq`` is an 8-byte big-endian integer, so key order is append order.
-* **Meta in the same batch.** ``b"m"`` packs ``next_seq, acked_upto, records,
-  bytes, quarantined`` and is written in the *same* ``write_batch`` as every
-  append, ack and quarantine, so a crash can never separate the counters from
-  the data, and opening a store never scans it.
+* **Order.** Keys are big-endian sequence numbers allocated under one lock, so
+  iteration order is append order, across reopen.
+* **O(1) counters, crash-consistent.** Each record carries the running total of
+  appended bytes; acks and quarantines write the meta in the *same* batch as
+  their deletes.  Opening derives the backlog from both without scanning
+  (:mod:`.layout` has the arithmetic).
 * **Seek cursor.** Acked records become tombstones at the head of the keyspace;
   seeking to the first key walks them all (tens of ms after ~100k deletes,
-  DESIGN.md §7).  Reads therefore always seek to ``r + (acked_upto + 1)``.
+  DESIGN.md §7).  Reads always seek to ``r + (acked_upto + 1)``.
 * **Threads.** Many producer threads append while one drainer peeks and acks.
-  A single lock serialises sequence allocation, the write and the counters, so
-  the meta written last is always the newest (LevelDB serialises writes anyway).
+  One lock serialises sequence allocation, the write and the counters, so
+  records land in sequence order; encoding happens outside it.
 * **One process per store.** LevelDB's ``LOCK`` file is held while the store is
   open and released when its owner dies: that is how orphans are recognised
   (:mod:`.directory`).
+* **Corruption never stops the reader.** A record that fails its CRC or
+  decoding is moved to the quarantine keyspace, counted and skipped.
 """
 
 from __future__ import annotations
@@ -25,73 +26,49 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import plyvel
 
 from .. import metrics
 from ..exceptions import CorruptRecord, SpillError, SpillFull, VersionMismatch
+from .check import CheckReport, check
+from .layout import (
+    CUM,
+    CUM_SIZE,
+    META_KEY,
+    QUAR,
+    REC,
+    REC_END,
+    SEQ,
+    StoreLocked,
+    first_key,
+    open_db,
+    open_lock,
+    open_stores,
+    read_state,
+    rkey,
+)
 from .record import SpillRecord, decode, encode
 
-__all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreLocked", "check", "open_paths"]
+__all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreLocked", "check"]
 
 logger = logging.getLogger(__name__)
 
 SYNC_MODES = ("none", "interval", "always")
 
-_REC = b"r"
-_QUAR = b"q"
-_META_KEY = b"m"
-_SEQ = struct.Struct(">Q")
-_META = struct.Struct(">QQQQQ")  # next_seq, acked_upto, records, bytes, quarantined
-_REC_END = b"s"  # first key after every b"r..." key
-
-# Resolved paths of stores open in *this* process: LevelDB refuses a second
-# open of the same directory in one process, and find_orphans must not probe them.
-_open_lock = threading.Lock()
-_open_stores: dict[Path, SpillStore] = {}
-
-
-class StoreLocked(SpillError):
-    """The store's LevelDB lock is held by a live process (possibly this one)."""
-
-
-def open_paths() -> dict[Path, SpillStore]:
-    """Stores currently open in this process, by resolved path (a copy)."""
-    with _open_lock:
-        return dict(_open_stores)
-
-
-def _rkey(seq: int) -> bytes:
-    return _REC + _SEQ.pack(seq)
-
-
-def _is_lock_error(exc: BaseException) -> bool:
-    return isinstance(exc, plyvel.IOError) and "lock" in str(exc).lower()
-
-
-def open_db(path: Path, *, create: bool) -> plyvel.DB:
-    """Open the LevelDB at ``path``: :class:`StoreLocked` or :class:`SpillError` on failure."""
-    try:
-        return plyvel.DB(str(path), create_if_missing=create)
-    except plyvel.Error as exc:
-        if _is_lock_error(exc):
-            raise StoreLocked(f"spill store {path} is in use by a live process: {exc}") from exc
-        raise SpillError(f"cannot open spill store {path}: {exc}") from exc
-
 
 class SpillStore:
     """Append-only FIFO of spilled messages, acknowledged from the head.
 
-    ``sync``: ``"none"`` (plain writes: survive a process crash), ``"always"``
-    (fsync every write) or ``"interval"`` (an fsync'ed write at least every
-    ``sync_interval`` seconds while writes happen; a helper thread sleeps on an
-    event when there is nothing to sync).
+    ``sync``: ``"none"`` (plain writes: they survive a process crash),
+    ``"always"`` (fsync every write) or ``"interval"`` (an fsync'ed write at
+    least every ``sync_interval`` seconds while writes happen; a helper thread
+    sleeps on an event while nothing is written).  ``max_bytes`` bounds the
+    encoded bytes of the backlog (:class:`SpillFull` beyond it).
     """
 
     def __init__(
@@ -108,8 +85,8 @@ class SpillStore:
         self.max_bytes = max_bytes
         self.sync = sync
         self.sync_interval = sync_interval
-        self._lock = threading.Lock()
-        self._read_lock = threading.Lock()
+        self._lock = threading.Lock()  # sequence, counters, every write
+        self._read_lock = threading.Lock()  # the drainer side: peek / ack
         self._closed = True
         self._oldest: float | None = None
         self._oldest_known = False
@@ -118,87 +95,62 @@ class SpillStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
-        key = self.path.resolve()
-        with _open_lock:
-            if key in _open_stores:
+        self._key = self.path.resolve()
+        with open_lock:
+            if self._key in open_stores:
                 raise StoreLocked(f"spill store {self.path} is already open in this process")
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise SpillError(f"cannot create spill store {self.path}: {exc}") from exc
             self._db = open_db(self.path, create=True)
-            _open_stores[key] = self
-        self._key = key
-        self._closed = False
+            open_stores[self._key] = self
+            self._closed = False
         try:
-            self._load_meta()
-        except BaseException:
+            self._state = read_state(self._db)
+        except (plyvel.Error, ValueError) as exc:
             self.close()
-            raise
+            raise SpillError(f"cannot read spill store {self.path}: {exc}") from exc
         if sync == "interval":
             self._syncer = threading.Thread(
                 target=self._sync_loop, name=f"spill-sync-{self.path.name}", daemon=True
             )
             self._syncer.start()
 
-    # -- state --------------------------------------------------------------
-    def _load_meta(self) -> None:
-        raw = self._db.get(_META_KEY)
-        if raw is None:
-            self._next, self._acked, self._count, self._bytes, self._quar = 1, 0, 0, 0, 0
-        else:
-            self._next, self._acked, self._count, self._bytes, self._quar = _META.unpack(raw)
-        # Cheap self-checks (two seeks, never a scan): sequence numbers must stay
-        # above every stored key, and an empty range means an empty backlog.
-        with self._db.iterator(prefix=_REC, reverse=True, include_value=False) as it:
-            last = next(it, None)
-        if last is not None:
-            self._next = max(self._next, _SEQ.unpack(last[1:])[0] + 1)
-        if self._first_key() is None and (self._count or self._bytes):
-            logger.warning(
-                "spill store %s: meta says %d records but none are stored; resetting counters",
-                self.path,
-                self._count,
-            )
-            self._count = self._bytes = 0
-
-    def _first_key(self) -> bytes | None:
-        with self._db.iterator(
-            start=_rkey(self._acked + 1), stop=_REC_END, include_value=False
-        ) as it:
-            return next(it, None)
-
-    def _meta(self) -> bytes:
-        return _META.pack(self._next, self._acked, self._count, self._bytes, self._quar)
-
+    # -- counters -----------------------------------------------------------
     def __len__(self) -> int:
-        return self._count
+        return self._state.records
 
     @property
     def backlog_bytes(self) -> int:
         """Encoded bytes of every un-acked record (what ``max_bytes`` bounds)."""
-        return self._bytes
+        return self._state.nbytes
 
     @property
     def quarantined(self) -> int:
         """Records moved to the quarantine keyspace since the store was created."""
-        return self._quar
+        return self._state.quarantined
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest record ever appended (0 if none)."""
+        return self._state.next_seq - 1
 
     @property
     def oldest_created(self) -> float | None:
         """``created`` of the oldest un-acked record (drain lag), or None when empty."""
-        if self._count == 0:
+        if self._state.records <= 0:
             return None
         if not self._oldest_known:
-            self._oldest = None
-            with self._db.iterator(start=_rkey(self._acked + 1), stop=_REC_END) as it:
+            oldest = None
+            with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
                 for _key, value in it:
                     try:
-                        self._oldest = decode(value).created
+                        oldest = decode(value[CUM_SIZE:]).created
                         break
                     except (CorruptRecord, VersionMismatch):
                         continue  # peek() quarantines it
-            self._oldest_known = True
+            self._oldest, self._oldest_known = oldest, True
         return self._oldest
 
     @property
@@ -207,27 +159,31 @@ class SpillStore:
 
     # -- writing ------------------------------------------------------------
     def append(self, record: SpillRecord) -> int:
-        """Store one record; return its sequence number."""
+        """Store one record; return its sequence number.
+
+        Raises :class:`SpillFull` beyond ``max_bytes`` and :class:`SpillError`
+        when the store is closed or LevelDB fails; nothing stored is affected.
+        """
         value = encode(record)
         size = len(value)
+        state = self._state
         with self._lock:
             if self._closed:
                 raise SpillError(f"spill store {self.path} is closed")
-            if self._bytes + size > self.max_bytes:
+            if state.appended - state.removed_bytes + size > self.max_bytes:
                 raise self._full(size)
-            seq = self._next
-            count = self._count + 1
-            nbytes = self._bytes + size
+            seq = state.next_seq
+            cum = state.appended + size
             try:
-                with self._db.write_batch(sync=self._write_sync) as wb:
-                    wb.put(_REC + _SEQ.pack(seq), value)
-                    wb.put(_META_KEY, _META.pack(seq + 1, self._acked, count, nbytes, self._quar))
+                if self._write_sync:
+                    self._db.put(REC + SEQ.pack(seq), CUM.pack(cum) + value, sync=True)
+                else:
+                    self._db.put(REC + SEQ.pack(seq), CUM.pack(cum) + value)
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
-            self._next = seq + 1
-            self._count = count
-            self._bytes = nbytes
-            if count == 1:
+            state.next_seq = seq + 1
+            state.appended = cum
+            if seq - state.removed == 1:  # it is the only record
                 self._oldest, self._oldest_known = record.created, True
         if self._syncer is not None and not self._dirty:
             self._dirty = True
@@ -235,52 +191,53 @@ class SpillStore:
         return seq
 
     def extend(self, records: Sequence[SpillRecord]) -> int:
-        """Store ``records`` in one atomic batch; return the last sequence number.
+        """Store ``records`` in one atomic ``write_batch``; return the last sequence number.
 
-        Returns the last sequence number already used when ``records`` is empty.
+        All or nothing: on :class:`SpillFull` or :class:`SpillError` none is stored.
+        With no records, returns the newest sequence number already used.
         """
         values = [encode(r) for r in records]
         size = sum(map(len, values))
+        state = self._state
         with self._lock:
             if self._closed:
                 raise SpillError(f"spill store {self.path} is closed")
             if not values:
-                return self._next - 1
-            if self._bytes + size > self.max_bytes:
+                return state.next_seq - 1
+            if state.nbytes + size > self.max_bytes:
                 raise self._full(size)
-            first = self._next
-            last = first + len(values) - 1
-            count = self._count + len(values)
-            nbytes = self._bytes + size
+            first = state.next_seq
+            cum = state.appended
+            was_empty = state.records == 0
             try:
                 with self._db.write_batch(sync=self._write_sync) as wb:
-                    pack = _SEQ.pack
+                    pack = SEQ.pack
                     for seq, value in enumerate(values, first):
-                        wb.put(_REC + pack(seq), value)
-                    wb.put(_META_KEY, _META.pack(last + 1, self._acked, count, nbytes, self._quar))
+                        cum += len(value)
+                        wb.put(REC + pack(seq), pack(cum) + value)
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
-            was_empty = self._count == 0
-            self._next, self._count, self._bytes = last + 1, count, nbytes
+            state.next_seq = first + len(values)
+            state.appended = cum
             if was_empty:
                 self._oldest, self._oldest_known = records[0].created, True
         if self._syncer is not None and not self._dirty:
             self._dirty = True
             self._wake.set()
-        return last
+        return first + len(values) - 1
 
     def _full(self, size: int) -> SpillFull:
         return SpillFull(
-            f"spill store {self.path} is full: {self._bytes} + {size} bytes would exceed "
-            f"spill_max_bytes={self.max_bytes}"
+            f"spill store {self.path} is full: {self._state.nbytes} + {size} bytes would "
+            f"exceed spill_max_bytes={self.max_bytes}"
         )
 
     # -- reading ------------------------------------------------------------
     def peek(self, limit: int) -> list[tuple[int, SpillRecord]]:
         """The oldest ``limit`` un-acked records, oldest first, as ``(seq, record)``.
 
-        Does not remove anything: the drainer calls :meth:`ack` once the broker
-        has them.  Undecodable records are quarantined, counted and skipped.
+        Removes nothing: the drainer calls :meth:`ack` once the broker has them.
+        Undecodable records are quarantined, counted and skipped.
         """
         out: list[tuple[int, SpillRecord]] = []
         if limit <= 0:
@@ -288,11 +245,12 @@ class SpillStore:
         with self._read_lock:
             self._check_open()
             bad: list[tuple[bytes, bytes, Exception]] = []
+            unpack = SEQ.unpack
             try:
-                with self._db.iterator(start=_rkey(self._acked + 1), stop=_REC_END) as it:
+                with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
                     for key, value in it:
                         try:
-                            out.append((_SEQ.unpack(key[1:])[0], decode(value)))
+                            out.append((unpack(key[1:])[0], decode(value[CUM_SIZE:])))
                         except (CorruptRecord, VersionMismatch) as exc:
                             bad.append((key, value, exc))
                             continue
@@ -302,74 +260,82 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path}: read failed: {exc}") from exc
             if bad:
                 self._quarantine(bad)
-            if not out and not bad and self._count:
+            if not out and not bad and self._state.records:
                 self._reset_empty()
         return out
 
     def _quarantine(self, bad: list[tuple[bytes, bytes, Exception]]) -> None:
+        state = self._state
         with self._lock:
-            quar = self._quar + len(bad)
-            count = max(0, self._count - len(bad))
-            nbytes = max(0, self._bytes - sum(len(v) for _k, v, _e in bad))
+            after = replace(
+                state,
+                quarantined=state.quarantined + len(bad),
+                removed=state.removed + len(bad),
+                removed_bytes=state.removed_bytes + sum(len(v) - CUM_SIZE for _k, v, _e in bad),
+            )
             try:
                 with self._db.write_batch(sync=self._write_sync) as wb:
                     for key, value, _exc in bad:
                         wb.delete(key)
-                        wb.put(_QUAR + key[1:], value)
-                    wb.put(_META_KEY, _META.pack(self._next, self._acked, count, nbytes, quar))
+                        wb.put(QUAR + key[1:], value)
+                    wb.put(META_KEY, after.pack())
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: quarantine failed: {exc}") from exc
-            self._quar, self._count, self._bytes = quar, count, nbytes
+            state.quarantined, state.removed = after.quarantined, after.removed
+            state.removed_bytes = after.removed_bytes
             self._oldest_known = False
         metrics.CORRUPT_RECORDS.labels(store="spill").inc(len(bad))
         for key, value, reason in bad:
             logger.error(
                 "spill store %s: record %d (%d bytes) quarantined: %s",
                 self.path,
-                _SEQ.unpack(key[1:])[0],
+                SEQ.unpack(key[1:])[0],
                 len(value),
                 reason,
             )
 
     def _reset_empty(self) -> None:
-        # Counters said records exist but the range is empty (a store damaged
-        # and recovered by LevelDB can drop a batch): trust the data.
+        # Counters say records wait but the range is empty (LevelDB recovering
+        # a damaged log can drop a batch): the data is the truth.
         with self._lock:
-            if self._first_key() is not None:
+            if first_key(self._db, self._state.acked) is not None:
                 return
             logger.warning(
                 "spill store %s: %d records counted but none stored; resetting counters",
                 self.path,
-                self._count,
+                self._state.records,
             )
-            self._count = self._bytes = 0
-            self._db.put(_META_KEY, self._meta(), sync=self._write_sync)
+            self._state.mark_empty()
+            self._db.put(META_KEY, self._state.pack(), sync=self._write_sync)
 
     def ack(self, upto_seq: int) -> None:
         """Delete every record with ``seq <= upto_seq`` (one atomic batch)."""
+        state = self._state
         with self._read_lock:
             self._check_open()
-            if upto_seq <= self._acked:
+            upto_seq = min(upto_seq, state.next_seq - 1)
+            if upto_seq <= state.acked:
                 return
-            upto_seq = min(upto_seq, self._next - 1)
             keys: list[bytes] = []
             freed = 0
             try:
-                with self._db.iterator(
-                    start=_rkey(self._acked + 1), stop=_rkey(upto_seq + 1)
-                ) as it:
+                with self._db.iterator(start=rkey(state.acked + 1), stop=rkey(upto_seq + 1)) as it:
                     for key, value in it:
                         keys.append(key)
-                        freed += len(value)
+                        freed += len(value) - CUM_SIZE
                 with self._lock:
-                    count = max(0, self._count - len(keys))
-                    nbytes = max(0, self._bytes - freed)
+                    after = replace(
+                        state,
+                        acked=upto_seq,
+                        removed=state.removed + len(keys),
+                        removed_bytes=state.removed_bytes + freed,
+                    )
                     with self._db.write_batch(sync=self._write_sync) as wb:
                         for key in keys:
                             wb.delete(key)
-                        meta = _META.pack(self._next, upto_seq, count, nbytes, self._quar)
-                        wb.put(_META_KEY, meta)
-                    self._acked, self._count, self._bytes = upto_seq, count, nbytes
+                        wb.put(META_KEY, after.pack())
+                    state.acked = after.acked
+                    state.removed, state.removed_bytes = after.removed, after.removed_bytes
                     self._oldest_known = False
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: ack failed: {exc}") from exc
@@ -384,19 +350,19 @@ class SpillStore:
             raise SpillError(f"spill store {self.path}: compaction failed: {exc}") from exc
 
     def quarantine_items(self) -> list[tuple[int, bytes]]:
-        """Raw bytes of quarantined records, for inspection."""
+        """``(seq, encoded bytes)`` of every quarantined record, for inspection."""
         self._check_open()
-        with self._db.iterator(prefix=_QUAR) as it:
-            return [(_SEQ.unpack(k[1:])[0], v) for k, v in it]
+        with self._db.iterator(prefix=QUAR) as it:
+            return [(SEQ.unpack(k[1:])[0], v[CUM_SIZE:]) for k, v in it]
 
     def _check_open(self) -> None:
         if self._closed:
             raise SpillError(f"spill store {self.path} is closed")
 
     def _sync_loop(self) -> None:
-        # Sleeps on an event while nothing is written; otherwise issues one
-        # fsync'ed write per interval, which flushes every write before it.
-        while not self._stop.is_set():
+        # Sleeps on an event while nothing is written; otherwise one fsync'ed
+        # write per interval, which makes every earlier write durable too.
+        while True:
             self._wake.wait()
             if self._stop.wait(self.sync_interval):
                 return
@@ -406,12 +372,12 @@ class SpillStore:
                 if self._closed:
                     return
                 try:
-                    self._db.put(_META_KEY, self._meta(), sync=True)
+                    self._db.put(META_KEY, self._state.pack(), sync=True)
                 except plyvel.Error as exc:  # pragma: no cover - disk failure
                     logger.error("spill store %s: interval sync failed: %s", self.path, exc)
 
     def close(self) -> None:
-        """Close the store (idempotent); an ``interval`` store syncs once more first."""
+        """Close the store (idempotent); the meta is written (and synced) once more."""
         self._stop.set()
         self._wake.set()
         syncer = self._syncer
@@ -421,14 +387,15 @@ class SpillStore:
             if self._closed:
                 return
             try:
-                if self.sync == "interval":
-                    self._db.put(_META_KEY, self._meta(), sync=True)
+                self._db.put(META_KEY, self._state.pack(), sync=self.sync != "none")
+            except plyvel.Error as exc:
+                logger.error("spill store %s: final meta write failed: %s", self.path, exc)
             finally:
                 self._closed = True
                 self._db.close()
-                with _open_lock:
-                    if _open_stores.get(self._key) is self:
-                        del _open_stores[self._key]
+                with open_lock:
+                    if open_stores.get(self._key) is self:
+                        del open_stores[self._key]
 
     def destroy(self) -> None:
         """Close and delete the store directory (an adopted store that is now empty)."""
@@ -442,124 +409,6 @@ class SpillStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self._count} records, {self._bytes} bytes"
-        return f"<SpillStore {self.path} {state}>"
-
-
-@dataclass
-class CheckReport:
-    """What :func:`check` found (and fixed, with ``repair=True``)."""
-
-    path: Path
-    records: int = 0
-    bytes: int = 0
-    corrupt: int = 0
-    quarantined: int = 0
-    meta_records: int | None = None
-    meta_bytes: int | None = None
-    repaired: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when the store opens, every record decodes and the counters match."""
-        if self.repaired:
-            return not self.errors
-        return (
-            not self.errors
-            and self.corrupt == 0
-            and self.meta_records == self.records
-            and self.meta_bytes == self.bytes
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "ok": self.ok,
-            "records": self.records,
-            "bytes": self.bytes,
-            "corrupt": self.corrupt,
-            "quarantined": self.quarantined,
-            "meta_records": self.meta_records,
-            "meta_bytes": self.meta_bytes,
-            "repaired": self.repaired,
-            "errors": list(self.errors),
-        }
-
-
-def check(path: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
-    """Scan a closed store: decode every record, recount, compare with the meta.
-
-    With ``repair=True``: run LevelDB's ``repair_db`` first, move undecodable
-    records to quarantine and rewrite the counters from the scan.  Raises
-    :class:`StoreLocked` when the store is open (here or in a live process).
-    """
-    path = Path(path)
-    report = CheckReport(path=path)
-    if not (path / "CURRENT").exists() and not repair:
-        report.errors.append("not a LevelDB store (no CURRENT file)")
-        return report
-    if path.resolve() in open_paths():
-        raise StoreLocked(f"spill store {path} is open in this process")
-    if repair:
-        try:
-            plyvel.repair_db(str(path))
-        except plyvel.Error as exc:
-            if _is_lock_error(exc):
-                raise StoreLocked(f"spill store {path} is in use by a live process") from exc
-            report.errors.append(f"repair_db failed: {exc}")
-            return report
-    try:
-        db = open_db(path, create=False)
-    except StoreLocked:
-        raise
-    except SpillError as exc:
-        report.errors.append(str(exc))
-        return report
-    try:
-        _scan(db, report, repair)
-    except plyvel.Error as exc:
-        report.errors.append(f"read failed: {exc}")
-    finally:
-        db.close()
-    return report
-
-
-def _scan(db: plyvel.DB, report: CheckReport, repair: bool) -> None:
-    raw = db.get(_META_KEY)
-    meta = _META.unpack(raw) if raw is not None else (1, 0, 0, 0, 0)
-    next_seq, acked, meta_records, meta_bytes, meta_quar = meta
-    report.meta_records, report.meta_bytes = meta_records, meta_bytes
-    bad: list[tuple[bytes, bytes]] = []
-    last = 0
-    for key, value in db.iterator(prefix=_REC):
-        last = _SEQ.unpack(key[1:])[0]
-        try:
-            decode(value)
-        except (CorruptRecord, VersionMismatch):
-            bad.append((key, value))
-            report.corrupt += 1
-            continue
-        report.records += 1
-        report.bytes += len(value)
-    report.quarantined = sum(1 for _ in db.iterator(prefix=_QUAR, include_value=False))
-    if not repair:
-        return
-    first = db.iterator(prefix=_REC, include_value=False)
-    head = next(first, None)
-    first.close()
-    if head is not None:
-        acked = min(acked, _SEQ.unpack(head[1:])[0] - 1)
-    with db.write_batch(sync=True) as wb:
-        for key, value in bad:
-            wb.delete(key)
-            wb.put(_QUAR + key[1:], value)
-        quar = max(meta_quar, report.quarantined + len(bad))
-        wb.put(
-            _META_KEY,
-            _META.pack(max(next_seq, last + 1), acked, report.records, report.bytes, quar),
-        )
-    report.quarantined += len(bad)
-    report.repaired = True
-    if bad:
-        metrics.CORRUPT_RECORDS.labels(store="spill").inc(len(bad))
+        if self._closed:
+            return f"<SpillStore {self.path} closed>"
+        return f"<SpillStore {self.path} {len(self)} records, {self.backlog_bytes} bytes>"

@@ -1,0 +1,168 @@
+"""Spill store throughput against raw plyvel, in one run.
+
+    python benchmarks/spill_store.py [--n 200000] [--body 300]
+
+Prints appends/s (single ``append`` and ``extend`` of 1000), peek+ack records/s,
+the raw plyvel ``put`` and ``write_batch`` rates for values of the same encoded
+size, and the ratios.  Targets (issue 2): single append >= 200,000/s and
+>= 0.5x raw ``put``.  ``append`` includes encoding the record (JSON metadata +
+CRC32); the ``celery-like`` line uses the ~20 headers Celery's protocol 2 sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import plyvel
+
+from celery_durable.spill import SpillRecord, SpillStore, encode
+
+BATCH = 1000
+
+
+def small_record(body: int) -> SpillRecord:
+    return SpillRecord(
+        body=b"x" * body,
+        exchange="",
+        routing_key="celery",
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"task": "proj.tasks.add", "id": str(uuid.uuid4())},
+    )
+
+
+def celery_record(body: int) -> SpillRecord:
+    tid = str(uuid.uuid4())
+    headers = {
+        "lang": "py",
+        "task": "proj.tasks.add",
+        "id": tid,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": tid,
+        "parent_id": None,
+        "argsrepr": "(1, 2)",
+        "kwargsrepr": "{}",
+        "origin": "gen1@host",
+        "ignore_result": False,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    properties = {
+        "correlation_id": tid,
+        "reply_to": str(uuid.uuid4()),
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": "celery"},
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    return SpillRecord(
+        body=b"x" * body,
+        exchange="",
+        routing_key="celery",
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers=headers,
+        properties=properties,
+    )
+
+
+def rate(n: int, fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def bench_store(root: Path, n: int, record: SpillRecord) -> dict[str, float]:
+    out: dict[str, float] = {}
+    store = SpillStore(root / "single", max_bytes=1 << 40)
+    append = store.append
+    out["append"] = rate(n, lambda: [append(record) for _ in range(n)] and None)
+    store.close()
+
+    store = SpillStore(root / "batched", max_bytes=1 << 40)
+    batch = [record] * BATCH
+    out["extend"] = rate(n, lambda: [store.extend(batch) for _ in range(n // BATCH)] and None)
+
+    def drain() -> None:
+        while True:
+            items = store.peek(BATCH)
+            if not items:
+                return
+            store.ack(items[-1][0])
+
+    out["peek_ack"] = rate(n, drain)
+    store.close()
+    return out
+
+
+def bench_raw(root: Path, n: int, value: bytes) -> dict[str, float]:
+    out: dict[str, float] = {}
+    pack = struct.Struct(">Q").pack
+    db = plyvel.DB(str(root / "raw-put"), create_if_missing=True)
+    put = db.put
+    out["put"] = rate(n, lambda: [put(b"r" + pack(i), value) for i in range(n)] and None)
+    db.close()
+
+    db = plyvel.DB(str(root / "raw-batch"), create_if_missing=True)
+
+    def batches() -> None:
+        for start in range(0, n, BATCH):
+            with db.write_batch() as wb:
+                for i in range(start, start + BATCH):
+                    wb.put(b"r" + pack(i), value)
+
+    out["write_batch"] = rate(n, batches)
+    db.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000, help="records per measurement")
+    parser.add_argument("--body", type=int, default=300, help="body bytes")
+    args = parser.parse_args()
+    n = args.n - args.n % BATCH or BATCH
+    root = Path(tempfile.mkdtemp(prefix="spill-bench-"))
+    try:
+        for label, record in (
+            ("small headers", small_record(args.body)),
+            ("celery-like headers", celery_record(args.body)),
+        ):
+            value = encode(record)
+            sub = root / label.replace(" ", "-")
+            sub.mkdir()
+            raw = bench_raw(sub, n, value)
+            ours = bench_store(sub, n, record)
+            print(f"-- {label}: body {args.body} B, encoded record {len(value)} B, n={n}")
+            print(f"raw plyvel put            {raw['put']:>12,.0f} /s")
+            print(f"raw plyvel write_batch    {raw['write_batch']:>12,.0f} /s  (batch {BATCH})")
+            print(
+                f"SpillStore.append         {ours['append']:>12,.0f} /s  "
+                f"ratio to raw put {ours['append'] / raw['put']:.2f}"
+            )
+            print(
+                f"SpillStore.extend         {ours['extend']:>12,.0f} /s  "
+                f"ratio to raw write_batch {ours['extend'] / raw['write_batch']:.2f}"
+            )
+            print(f"SpillStore.peek+ack       {ours['peek_ack']:>12,.0f} /s  (batch {BATCH})")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
