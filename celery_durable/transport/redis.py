@@ -1,0 +1,250 @@
+"""``durable+redis://``: Kombu's redis transport with durable publishing.
+
+Consuming, acking, the event loop and every other channel method are Kombu's
+own (we subclass, so the worker sees ``driver_type == "redis"`` and the same
+``implements``).  What changes:
+
+* ``basic_publish`` routes through the process's :class:`Spiller`: broker now,
+  memory buffer or LevelDB, depending on ``publish_mode`` and broker health.
+* Declarations never fail on a dead broker: Kombu records them in its
+  in-memory state before touching redis; we swallow the network part, and the
+  drainer (or the route guard below) writes it later.
+* The connectivity ping in ``Channel.__init__`` cannot fail the channel: a
+  producer must get a working channel while the broker is down.
+* Route guard: a publish whose exchange routes nowhere although this
+  connection bound queues to it means redis lost its binding tables (a restart
+  without persistence); the bindings are written again and the route retried,
+  instead of Kombu's silent drop.
+* The inner URL is re-parsed (Kombu would connect ``durable+redis://h:p/db``
+  to localhost:6379/0), and the publishing socket gets ``publish_timeout`` as
+  its socket and connect timeouts so a frozen redis cannot hang a publish.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis as redis_py
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.base import queue_declare_ok_t
+from kombu.utils.url import _parse_url
+
+from ..spill import SpillRecord
+from .forwarder import Forwarder
+from .options import DurableOptions
+from .spiller import Spiller, get_spiller
+
+__all__ = ["BROKER_DOWN", "DurableRedisChannel", "DurableRedisTransport", "GuardedRedisTransport"]
+
+logger = logging.getLogger(__name__)
+
+#: What a dead, frozen or restarting redis raises on an open or new connection.
+BROKER_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    redis_py.exceptions.ConnectionError,
+    redis_py.exceptions.TimeoutError,
+    *kombu_redis.Transport.connection_errors,
+    *((kombu_redis.BatchPublishError,) if hasattr(kombu_redis, "BatchPublishError") else ()),
+)
+
+
+class GuardedRedisChannel(kombu_redis.Channel):
+    """Kombu's redis channel plus the route guard (used by the drainer too)."""
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+        queues = super()._lookup(exchange, routing_key, default)
+        if queues or not exchange:
+            return queues
+        table = self.state.exchanges.get(exchange, {}).get("table")
+        if not table:
+            return queues  # nothing was ever bound here: Kombu's behaviour stands
+        logger.warning(
+            "celery-durable: exchange %r routes nowhere although %d binding(s) were "
+            "declared: redis lost its binding tables (restart?); re-binding",
+            exchange, len(table),
+        )  # fmt: skip
+        for meta in table:
+            kombu_redis.Channel._queue_bind(self, exchange, *meta)
+        return super()._lookup(exchange, routing_key, default)
+
+
+class GuardedRedisTransport(kombu_redis.Transport):
+    """Plain redis transport with the route guard: the drainer's connection."""
+
+    Channel = GuardedRedisChannel
+
+
+class _PingDeferred:
+    """Stands in for ``Channel.client`` during ``__init__``: the ping cannot raise."""
+
+    def __init__(self, channel: DurableRedisChannel) -> None:
+        self.channel = channel
+
+    def ping(self) -> bool:
+        try:
+            self.channel._create_client().ping()
+        except BROKER_DOWN as exc:
+            self.channel.offline = True
+            self.channel.connection.spiller.trip(exc)
+        return True
+
+
+class DurableRedisChannel(GuardedRedisChannel):
+    """A redis channel whose publishes never block on, or fail with, a dead broker."""
+
+    connection: DurableRedisTransport
+    offline = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.client = _PingDeferred(self)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if isinstance(self.__dict__.get("client"), _PingDeferred):
+                del self.client
+        self._declarations: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+
+    # -- connection parameters -------------------------------------------------
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        parts = _parse_url(self.connection.inner_url)
+        if parts.scheme in ("redis", "rediss"):
+            params["host"] = parts.hostname or "127.0.0.1"
+            params["port"] = parts.port or self.connection.default_port
+            if parts.path and parts.path.strip("/"):
+                params["db"] = int(parts.path.strip("/"))
+            if parts.username:
+                params["username"] = parts.username
+            if parts.password:
+                params["password"] = parts.password
+            if parts.scheme == "rediss" and "connection_class" not in params:
+                params["connection_class"] = self.connection_class_ssl
+        if not asynchronous:
+            # The synchronous pool publishes (LPUSH) and declares; bound it so a
+            # frozen redis costs at most publish_timeout.  The async pool (BRPOP
+            # in the worker's event loop) keeps the user's settings.
+            timeout = self.connection.options.publish_timeout
+            topts = self.connection.client.transport_options if self.connection.client else {}
+            if "socket_timeout" not in topts:
+                params["socket_timeout"] = timeout
+            if "socket_connect_timeout" not in topts:
+                params["socket_connect_timeout"] = timeout
+        return params
+
+    # -- publishing --------------------------------------------------------------
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        spiller = self.connection.spiller
+        body = message["body"]
+        properties = {k: v for k, v in message["properties"].items() if k != "delivery_info"}
+        if spiller.mode == "direct" and not spiller.disk_mode:
+            try:
+                return super().basic_publish(message, exchange, routing_key, **kwargs)
+            except BROKER_DOWN as exc:
+                spiller.trip(exc)
+                reason = "broker down"
+        else:
+            reason = "backlog" if spiller.disk_mode else "buffered"
+        record = SpillRecord(
+            body=body if isinstance(body, bytes) else str(body).encode("utf-8"),
+            exchange=exchange or "",
+            routing_key=routing_key or "",
+            content_type=message.get("content-type"),
+            content_encoding=message.get("content-encoding"),
+            headers=message.get("headers") or {},
+            properties=properties,
+            declarations=self._declarations_for(exchange),
+        )
+        spiller.accept(record, reason)
+        return None
+
+    def _declarations_for(self, exchange: str) -> list[dict[str, Any]]:
+        """What the drainer must declare before routing to ``exchange`` (cached)."""
+        if not exchange:
+            return []
+        info = self.state.exchanges.get(exchange)
+        if info is None:
+            return []
+        table = info.get("table", [])
+        cached = self._declarations.get(exchange)
+        if cached is not None and cached[0] == len(table):
+            return cached[1]
+        decls: list[dict[str, Any]] = [
+            {
+                "op": "exchange_declare",
+                "exchange": exchange,
+                "type": info.get("type", "direct"),
+                "durable": bool(info.get("durable", False)),
+                "auto_delete": bool(info.get("auto_delete", False)),
+                "arguments": info.get("arguments") or {},
+            }
+        ]
+        for routing_key, _pattern, queue in table:
+            decls.append({"op": "queue_declare", "queue": queue})
+            decls.append(
+                {"op": "queue_bind", "queue": queue, "exchange": exchange,
+                 "routing_key": routing_key}
+            )  # fmt: skip
+        self._declarations[exchange] = (len(table), decls)
+        return decls
+
+    # -- declarations never fail on a dead broker -----------------------------------
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        except BROKER_DOWN as exc:
+            # Kombu's in-memory state already has the binding; spilled records
+            # carry it and the route guard rewrites it once redis is back.
+            self.connection.spiller.trip(exc)
+
+    def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        try:
+            return super().queue_declare(queue, passive=passive, **kwargs)
+        except BROKER_DOWN as exc:
+            if passive or not queue:
+                raise
+            self.connection.spiller.trip(exc)
+            return queue_declare_ok_t(queue, 0, 0)
+
+    # -- consuming needs a live broker --------------------------------------------------
+    def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
+        if self.offline:
+            # Raise the inner error here, where a consumer on redis:// would have
+            # seen it, so Celery's reconnect loop handles it as usual.
+            self._create_client().ping()
+            self.offline = False
+        return super().basic_consume(*args, **kwargs)
+
+
+class DurableRedisTransport(kombu_redis.Transport):
+    """The transport behind ``durable+redis://``."""
+
+    Channel = DurableRedisChannel
+
+    # Kombu's batch publish writes to redis after basic_publish has returned,
+    # where we can no longer spill; advertise none so Kombu publishes one by one.
+    implements = kombu_redis.Transport.implements.extend(batch_publish=False)
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        return False
+
+    def __init__(self, client: Any, inner_url: str, options: DurableOptions,
+                 inner_options: dict[str, Any], **kwargs: Any) -> None:  # fmt: skip
+        self.inner_url = inner_url
+        self.options = options
+        self._inner_options = inner_options
+        self._spiller_key = ("redis", inner_url, options)
+        super().__init__(client, **kwargs)
+        self.spiller  # noqa: B018 - adopt dead stores and start draining now, not on first publish
+
+    @property
+    def spiller(self) -> Spiller:
+        """This process's Spiller (a forked child gets its own, never its parent's)."""
+        return get_spiller(self._spiller_key, self._new_spiller)
+
+    def _new_spiller(self) -> Spiller:
+        forwarder = Forwarder(
+            self.inner_url, self._inner_options, GuardedRedisTransport, self.options.publish_timeout
+        )
+        return Spiller(self.inner_url, self.options, forwarder, BROKER_DOWN)
