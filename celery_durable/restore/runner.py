@@ -3,8 +3,8 @@
 The run has two phases.  *Plan*: walk the store oldest first, skip parked and
 not-yet-due entries, ask the :class:`~.gate.QueueGate` whether each target
 queue may take one more, and stop at ``durable_restore_batch``.  *Publish*: send
-the plan in chunks through the app's producer pool inside ``Producer.batch()``
-(Kombu 5.7 pipelines the LPUSHes on redis; other transports publish one by one),
+the plan in chunks through the app's producer pool, one redis pipeline per chunk
+(``pipeline.py``; other transports go through ``Producer.batch()``),
 and delete a chunk's dumps only after the broker accepted the whole chunk.
 
 So a crash (SIGKILL) between publish and delete replays at most one chunk
@@ -30,6 +30,7 @@ from ..settings import durable_settings
 from .gate import QueueGate
 from .lock import RunLock, run_lock
 from .message import Republish, build_message
+from .pipeline import pipeline_publisher
 from .policy import is_due, is_parked
 
 __all__ = ["CHUNK", "RestoreOptions", "RestoreReport", "restore"]
@@ -275,6 +276,7 @@ def _publish(
 ) -> None:
     serializer = app.conf.task_serializer
     compression = app.conf.task_compression
+    fast = pipeline_publisher(producer)
     if opts.rate:
         chunk_size = max(1, min(chunk_size, int(opts.rate / 10) or 1))
     started = time.monotonic()
@@ -285,7 +287,10 @@ def _publish(
             if ahead > 0:
                 time.sleep(ahead)
         try:
-            _publish_chunk(producer, chunk, serializer, compression)
+            if fast is not None and fast.usable(chunk, compression):
+                fast.publish(chunk, serializer)
+            else:
+                _publish_chunk(producer, chunk, serializer, compression)
         except Exception as exc:
             report.errors += len(chunk)
             metrics.RESTORE_ERRORS.inc(len(chunk))

@@ -15,7 +15,7 @@ __all__ = ["is_host_local", "open_app_store", "store_url"]
 def store_url(app: Any) -> str:
     """``durable_dlq_url``, or ``file://$CELERY_DURABLE_DIR/dlq`` when empty."""
     url = str(durable_settings(app.conf)["durable_dlq_url"])
-    return url or f"file://{default_dir() / 'dlq'}"
+    return url or (default_dir() / "dlq").resolve().as_uri()
 
 
 def is_host_local(url: str) -> bool:
@@ -24,8 +24,8 @@ def is_host_local(url: str) -> bool:
 
 
 def open_app_store(app: Any) -> DumpStore:
+    """The app's dump store, with its codec and format version."""
     # The capture side owns the store implementations.
-    from ..dlq import open_store  # type: ignore[attr-defined,unused-ignore]
+    from ..dlq.stores import store_for_app
 
-    store: DumpStore = open_store(store_url(app))
-    return store
+    return store_for_app(app, store_url(app))

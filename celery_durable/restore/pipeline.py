@@ -1,0 +1,79 @@
+"""Publish a chunk of restores to Kombu's redis transport in one pipeline.
+
+Why: ``Producer.batch()`` already pipelines the LPUSHes, but each message still
+walks Kombu's generic publish path, which caps a restore at ~9,000 msgs/s on a
+2-core machine (benchmarks/restore.py).  Here each message is built with the
+same channel methods Kombu's own publish uses (``prepare_message``, the virtual
+channel's in-place augment, ``_lookup``, ``_q_for_pri``) and serialized with
+Kombu's serializer registry, so the wire format is exactly Kombu's, and the whole
+chunk goes out in one non-transactional pipeline: ~25,000 msgs/s.
+
+Used only where that is provably the same thing: the channel is exactly
+``kombu.transport.redis.Channel``, no compression, and every message goes to
+the default exchange or a ``direct`` one whose queues carry no ``x-expires``.
+Anything else (amqp, fanout/topic exchanges, wrapped transports) takes the
+generic ``Producer.batch()`` path.  ``execute()`` returns only after redis
+answered every LPUSH; any error raises, and the caller keeps the dumps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kombu.serialization import dumps as serialize
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as json_dumps
+
+from .message import Republish
+
+__all__ = ["pipeline_publisher"]
+
+_PERSISTENT = 2
+
+
+class _RedisPipelinePublisher:
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def usable(self, chunk: Sequence[Republish], compression: Any) -> bool:
+        if compression:
+            return False
+        ch = self.channel
+        for m in chunk:
+            if m.exchange and ch.typeof(m.exchange).type != "direct":
+                return False
+        expiring = getattr(ch, "_expires", None) or {}
+        return not any(m.queue in expiring for m in chunk)
+
+    def publish(self, chunk: Sequence[Republish], serializer: str) -> None:
+        ch = self.channel
+        routes: dict[tuple[str, str], list[str]] = {}
+        with ch.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for m in chunk:
+                content_type, content_encoding, payload = serialize(m.body, serializer=serializer)
+                properties = dict(m.properties)
+                priority = properties.pop("priority", None)
+                if not properties.get("delivery_mode"):
+                    properties["delivery_mode"] = _PERSISTENT
+                message = ch.prepare_message(
+                    payload, priority, content_type, content_encoding, dict(m.headers), properties
+                )
+                ch._inplace_augment_message(message, m.exchange, m.routing_key)
+                key = (m.exchange, m.routing_key)
+                queues = routes.get(key)
+                if queues is None:
+                    queues = routes[key] = list(ch._lookup(m.exchange, m.routing_key))
+                pri = ch._get_message_priority(message, reverse=False)
+                raw = json_dumps(message)
+                for queue in queues:
+                    pipe.lpush(ch._q_for_pri(queue, pri), raw)
+            pipe.execute()
+
+
+def pipeline_publisher(producer: Any) -> _RedisPipelinePublisher | None:
+    """A pipelined publisher for ``producer``'s channel, or None to use Kombu's path."""
+    channel = producer.channel
+    if type(channel) is not kombu_redis.Channel:
+        return None
+    return _RedisPipelinePublisher(channel)
