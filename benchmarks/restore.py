@@ -20,13 +20,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from celery import Celery  # noqa: E402
+from celery import Celery
 
-from celery_durable.dlq.base import DumpEntry  # noqa: E402
-from celery_durable.dlq.stores import open_store  # noqa: E402
-from celery_durable.restore.message import build_message  # noqa: E402
-from celery_durable.restore.runner import RestoreOptions, restore  # noqa: E402
-from tests.helpers.redis_server import RedisServer  # noqa: E402
+from celery_durable.dlq.base import DumpEntry
+from celery_durable.dlq.stores import open_store
+from celery_durable.restore.message import build_message
+from celery_durable.restore.runner import RestoreOptions, restore
+from tests.helpers.redis_server import RedisServer
 
 QUEUE = "bench"
 
