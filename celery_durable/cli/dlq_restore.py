@@ -15,7 +15,7 @@ import click
 from ..dlq.base import DumpEntry
 from ..exceptions import DurableError
 from . import fail, get_app
-from .dlq import dlq
+from .dlq import dlq, open_cli_store, url_option
 
 
 def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) -> Any:
@@ -38,6 +38,7 @@ def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) 
 @click.option("--task", "task_name", metavar="NAME", help="Restore the dumps of one task name.")
 @click.option("--dry-run", is_flag=True, help="Print what would be restored; change nothing.")
 @click.option("--force", is_flag=True, help="Ignore the per-queue rate control.")
+@url_option
 @click.pass_context
 def restore_command(
     ctx: click.Context,
@@ -46,12 +47,12 @@ def restore_command(
     task_name: str | None,
     dry_run: bool,
     force: bool,
+    url: str | None,
 ) -> None:
     """Republish dumped tasks now (ignores backoff; parked entries included)."""
     if sum((bool(task_ids), restore_all, task_name is not None)) != 1:
         fail("dlq restore: give TASK_ID..., --all or --task NAME (exactly one)")
     from ..restore.runner import RestoreOptions, restore
-    from ..restore.stores import open_app_store
 
     app = get_app(ctx)
     seen: set[str] = set()
@@ -59,9 +60,9 @@ def restore_command(
         options = RestoreOptions.from_app(
             app, batch=None, ignore_backoff=True, include_parked=True, force=force
         )
-        store = open_app_store(app)
     except DurableError as exc:
         fail(f"dlq restore: {exc}")
+    store = open_cli_store(ctx, url)
     try:
         report = restore(
             app, store, options, select=_selector(task_ids, task_name, seen), dry_run=dry_run

@@ -10,16 +10,9 @@ extra is stored and every process agrees on them:
 
 from __future__ import annotations
 
-from ..dlq.base import DumpEntry
+from ..dlq.base import DumpEntry, is_parked
 
 __all__ = ["due_at", "is_due", "is_parked"]
-
-
-def is_parked(entry: DumpEntry, max_attempts: int) -> bool:
-    """True once ``entry`` has used up its automatic restores."""
-    # Same rule as celery_durable.dlq.base.is_parked (the capture side's helper);
-    # kept here too so restore does not depend on import order during development.
-    return entry.restores >= max_attempts
 
 
 def due_at(entry: DumpEntry, backoff: float) -> float:

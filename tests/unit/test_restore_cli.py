@@ -10,8 +10,7 @@ from celery import Celery
 from click.testing import CliRunner, Result
 from kombu import Connection, Queue
 
-from celery_durable.cli import durable
-from celery_durable.restore import stores
+from celery_durable.cli import dlq_restore, durable
 from celery_durable.restore.gate import clear_postponements
 
 from .restore_memstore import MemoryDumpStore, make_entry
@@ -25,7 +24,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Celery, MemoryDumpSto
     app.conf.durable_restore_queue_capacity = 4
     app.conf.durable_restore_max_attempts = 2
     store = MemoryDumpStore(url="memory://cli")
-    monkeypatch.setattr(stores, "open_app_store", lambda _app: store)
+    monkeypatch.setattr(dlq_restore, "open_cli_store", lambda _ctx, _url: store)
     with Connection("memory://") as conn:
         for name in ("celery", "busy"):
             Queue(name, channel=conn.default_channel).purge()
