@@ -20,6 +20,7 @@ and reported.
 from __future__ import annotations
 
 import hashlib
+import socket
 import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = ["RedisStore"]
 MAGIC = b"CDLQ"
 FRAME = struct.Struct(">4sII")  # magic, version, crc32(payload)
 PAGE = 500
+_HOST = socket.gethostname()
 
 
 def _split_prefix(url: str) -> tuple[str, str]:
@@ -74,6 +76,8 @@ class RedisStore(DumpStore):
         return FRAME.pack(MAGIC, self.version, crc32(payload)) + payload
 
     def encode(self, entry: DumpEntry) -> bytes:
+        if not entry.host:
+            entry.host = _HOST
         return self._frame(self.codec.encode(entry))
 
     def write(self, entries: list[DumpEntry]) -> None:
