@@ -1,0 +1,122 @@
+"""Restore end to end: real redis-server, ``celery worker`` and ``celery beat``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.redis_server import RedisServer
+
+from .restore_support import RestoreHarness, flaky_dump
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def h(redis_server: RedisServer, tmp_path: Path, durable_dir: Path) -> Iterator[RestoreHarness]:
+    harness = RestoreHarness(redis_server, tmp_path, durable_dir)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_thousand_dumped_tasks_succeed_after_the_fix(h: RestoreHarness) -> None:
+    h.conf["durable_restore_batch"] = 400  # three beat ticks' worth
+    h.worker("w1@%h", "work,durable-restore", "-c", "2")
+    ids = h.send("restore_app.flaky", 1000)
+    h.wait(lambda: len(h.dumps()) == 1000, 180, "1000 dumps")
+    assert {e.task_id for e in h.dumps()} == set(ids)
+    assert not h.runs()
+
+    h.state.set("fixed", 1)
+    h.beat()
+    h.wait(lambda: len(h.runs()) == 1000, 180, "1000 restored tasks to succeed")
+    h.wait(lambda: not h.dumps(), 30, "the dump store to empty")
+    runs = h.runs()
+    assert set(runs) == set(ids)  # the original task ids
+    assert set(runs.values()) == {1}
+
+
+def test_full_queue_gets_nothing_until_it_drains(h: RestoreHarness) -> None:
+    h.conf.update(durable_restore_queue_capacity=10, durable_restore_allow_rate=0.5)  # limit 5
+    slow = [str(uuid.uuid4()) for _ in range(8)]
+    fast = [str(uuid.uuid4()) for _ in range(8)]
+    store = h.store()
+    store.write([flaky_dump(t, "slow") for t in slow] + [flaky_dump(t, "fast") for t in fast])
+    store.close()
+    h.send("restore_app.noop", 20, queue="slow")  # held above the allow rate
+    h.state.set("fixed", 1)
+    h.worker("w1@%h", "fast,durable-restore")
+    h.beat()
+
+    h.wait(lambda: set(fast) <= set(h.runs()), 60, "the other queue to be restored")
+    seen = h.restore_runs()
+    h.wait(lambda: h.restore_runs() >= seen + 3, 60, "three more restore runs")
+    assert h.broker.llen("slow") == 20  # nothing published to the full queue
+    assert {e.task_id for e in h.dumps()} == set(slow)
+
+    h.worker("w2@%h", "slow")  # drains it
+    h.wait(lambda: set(slow) <= set(h.runs()), 60, "the drained queue to be restored")
+    h.wait(lambda: not h.dumps(), 30, "the dump store to empty")
+
+
+def test_always_failing_task_is_restored_max_attempts_times_then_parked(
+    h: RestoreHarness,
+) -> None:
+    h.conf["durable_restore_max_attempts"] = 3
+    h.every = 0.25
+    h.worker("w1@%h", "work,durable-restore")
+    h.beat()
+    [tid] = h.send("restore_app.always_fails", 1)
+
+    def parked() -> bool:
+        return [e.restores for e in h.dumps() if e.task_id == tid] == [3]
+
+    h.wait(parked, 90, "the dump to be parked after 3 restores")
+    key = f"attempts:{tid}"
+    attempts = [json.loads(raw) for raw in h.state.lrange(key, 0, -1)]
+    assert [restores for _, restores in attempts] == [0, 1, 2, 3]
+    times = [t for t, _ in attempts]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for n, gap in enumerate(gaps):
+        assert gap >= 0.5 * 2**n, gaps  # backoff * 2**restores
+    assert gaps[0] < gaps[1] < gaps[2], gaps
+
+    seen = h.restore_runs()
+    h.wait(lambda: h.restore_runs() >= seen + 4, 60, "four more restore runs")
+    assert h.state.llen(key) == 4  # never restored automatically again
+
+    rc, out = h.cli("dlq", "ls", "--parked")
+    assert rc == 0, out
+    line = next(line for line in out.splitlines() if tid in line)
+    assert "PARKED" in line
+    assert "1 parked" in out
+
+
+def test_one_beat_tick_restores_every_hosts_file_store(h: RestoreHarness, tmp_path: Path) -> None:
+    h.dlq_url = ""  # the default file:// store, under each worker's own CELERY_DURABLE_DIR
+    h.every = 3.0
+    dirs = {"qa": tmp_path / "host-a", "qb": tmp_path / "host-b"}
+    h.worker("a@host-a", "qa,durable-restore", CELERY_DURABLE_DIR=str(dirs["qa"]))
+    h.worker("b@host-b", "qb,durable-restore", CELERY_DURABLE_DIR=str(dirs["qb"]))
+    ids = {q: h.send("restore_app.flaky", 15, queue=q) for q in dirs}
+    urls = {q: (d / "dlq").resolve().as_uri() for q, d in dirs.items()}
+    for q in dirs:
+        h.wait(lambda q=q: len(h.dumps(urls[q])) == 15, 60, f"15 dumps in {urls[q]}")
+    assert {e.task_id for e in h.dumps(urls["qa"])} == set(ids["qa"])
+
+    h.state.set("fixed", 1)
+    beat = h.beat()
+    h.wait(lambda: h.restore_runs() >= 1, 60, "one beat tick")
+    beat.terminate()
+    h.wait(lambda: set(ids["qa"] + ids["qb"]) <= set(h.runs()), 60, "both hosts' tasks")
+    h.wait(lambda: not h.dumps(urls["qa"]) and not h.dumps(urls["qb"]), 30, "both stores empty")
+    assert h.restore_runs() == 1
+    result = json.loads(h.state.lindex("restore_results", 0))
+    assert result["fanout"] == {"a@host-a": {"ok": "started"}, "b@host-b": {"ok": "started"}}
