@@ -1,10 +1,142 @@
-"""``celery durable spill ls|drain|check``."""
+"""``celery durable spill ls|drain|check``.
+
+Every command takes ``--spill-dir`` through :func:`spill_dir_option`; the
+default is ``$CELERY_DURABLE_DIR/spill`` (:func:`default_spill_dir`).
+"""
 
 from __future__ import annotations
 
-from . import durable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..options import default_dir
+from ..spill import CheckReport, StoreInfo, StoreLocked, check, list_stores
+from . import durable, fail
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_spill_dir() -> Path:
+    return default_dir() / "spill"
+
+
+def spill_dir_option(func: F) -> F:
+    """``--spill-dir PATH`` (default ``$CELERY_DURABLE_DIR/spill``), passed as ``spill_dir``."""
+    return click.option(
+        "--spill-dir",
+        "spill_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Directory of the spill stores [default: $CELERY_DURABLE_DIR/spill].",
+    )(func)
+
+
+def resolve_spill_dir(spill_dir: Path | None) -> Path:
+    return spill_dir if spill_dir is not None else default_spill_dir()
 
 
 @durable.group(name="spill")
 def spill() -> None:
     """Local spill stores of the durable transport."""
+
+
+def _cell(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def format_table(infos: Sequence[StoreInfo]) -> str:
+    """The ``spill ls`` table: one store per row."""
+    header = ("STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED")
+    rows = [header]
+    for info in infos:
+        alive = "yes" if info.alive else "no"
+        if info.error:
+            alive += " (unreadable)"
+        rows.append(
+            (
+                info.path.name,
+                info.hostname,
+                _cell(info.pid),
+                alive,
+                _cell(info.records),
+                _cell(info.bytes),
+                _cell(info.quarantined),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+@spill.command(name="ls")
+@spill_dir_option
+def ls(spill_dir: Path | None) -> None:
+    """List the stores under the spill directory with owner, liveness and backlog.
+
+    A store whose owner is alive is locked, so its backlog shows as "?".
+    """
+    root = resolve_spill_dir(spill_dir)
+    infos = list_stores(root)
+    if not infos:
+        click.echo(f"no spill stores under {root}")
+        return
+    click.echo(format_table(infos))
+    waiting = sum(i.records or 0 for i in infos if not i.alive)
+    orphans = sum(1 for i in infos if not i.alive)
+    if orphans:
+        click.echo(f"{orphans} store(s) without a live owner hold {waiting} record(s)")
+
+
+def describe(report: CheckReport) -> str:
+    """One line per checked store."""
+    state = "ok" if report.ok else "PROBLEMS"
+    text = (
+        f"{report.path}: {state}: {report.records} records, {report.bytes} bytes, "
+        f"{report.corrupt} corrupt, {report.quarantined} quarantined"
+    )
+    if report.meta_records is not None and (
+        report.meta_records != report.records or report.meta_bytes != report.bytes
+    ):
+        text += f"; counters said {report.meta_records} records, {report.meta_bytes} bytes"
+    if report.repaired:
+        text += "; repaired"
+    for error in report.errors:
+        text += f"; {error}"
+    return text
+
+
+@spill.command(name="check")
+@spill_dir_option
+@click.option("--repair", is_flag=True, help="Run LevelDB repair, quarantine bad records, recount.")
+@click.argument("stores", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+def check_cmd(spill_dir: Path | None, repair: bool, stores: tuple[Path, ...]) -> None:
+    """Check (and with --repair, fix) stores: every record decodes, counters match.
+
+    Without STORES, checks every store under the spill directory whose owner is
+    dead; stores in use by a live process are skipped.
+    """
+    explicit = bool(stores)
+    paths = list(stores) or [i.path for i in list_stores(resolve_spill_dir(spill_dir))]
+    if not paths:
+        click.echo(f"no spill stores under {resolve_spill_dir(spill_dir)}")
+        return
+    bad = skipped = 0
+    for path in paths:
+        try:
+            report = check(path, repair=repair)
+        except StoreLocked as exc:
+            if explicit:
+                fail(str(exc))
+            click.echo(f"{path}: skipped, in use by a live process")
+            skipped += 1
+            continue
+        click.echo(describe(report))
+        bad += not report.ok
+    if bad:
+        hint = "" if repair else "; run with --repair"
+        fail(f"{bad} of {len(paths) - skipped} spill store(s) have problems{hint}")

@@ -87,6 +87,9 @@ def check(path: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
     report = CheckReport(path=path)
     if path.resolve() in open_paths():
         raise StoreLocked(f"spill store {path} is open in this process")
+    if not path.is_dir():
+        report.errors.append("no such spill store directory")
+        return report
     if not (path / "CURRENT").exists() and not repair:
         report.errors.append("not a LevelDB store (no CURRENT file); try --repair")
         return report

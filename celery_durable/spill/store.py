@@ -313,7 +313,10 @@ class SpillStore:
         state = self._state
         with self._read_lock:
             self._check_open()
-            upto_seq = min(upto_seq, state.next_seq - 1)
+            with self._lock:
+                # Under the lock: peek() can see a record whose append has not
+                # yet advanced next_seq; clamping without the lock lost that ack.
+                upto_seq = min(upto_seq, state.next_seq - 1)
             if upto_seq <= state.acked:
                 return
             keys: list[bytes] = []

@@ -354,4 +354,4 @@ def test_check_finds_and_repair_quarantines_corrupt_records(path: Path) -> None:
 
 def test_check_of_a_missing_store_reports_an_error(tmp_path: Path) -> None:
     report = check(tmp_path / "nothing")
-    assert not report.ok and "CURRENT" in report.errors[0]
+    assert not report.ok and "no such" in report.errors[0]
