@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -55,7 +56,8 @@ NOT_FINAL = (Reject, Ignore, Retry, Terminated)
 
 #: Task names marked through a lazy ``app.task`` proxy, once it is evaluated.
 _marked_names: dict[str, tuple[type[BaseException], ...]] = {}
-_queues: dict[int, DumpQueue] = {}
+# Keyed by the app itself (weakly): ids of dead apps get reused.
+_queues: weakref.WeakKeyDictionary[Any, DumpQueue] = weakref.WeakKeyDictionary()
 _queues_lock = threading.Lock()
 
 
@@ -110,10 +112,10 @@ def _marks(task: Any) -> tuple[type[BaseException], ...] | None:
 # -- the dump queue of this process ---------------------------------------------
 def queue_for_app(app: Any) -> DumpQueue:
     """This process's dump queue for ``app`` (created on first use)."""
-    queue = _queues.get(id(app))
+    queue = _queues.get(app)
     if queue is None:
         with _queues_lock:
-            queue = _queues.get(id(app))
+            queue = _queues.get(app)
             if queue is None:
                 settings = durable_settings(app.conf)
                 queue = DumpQueue(
@@ -121,7 +123,7 @@ def queue_for_app(app: Any) -> DumpQueue:
                     capacity_bytes=settings["durable_dlq_capacity_bytes"],
                     flush_interval=settings["durable_dlq_flush_interval"],
                 )
-                _queues[id(app)] = queue
+                _queues[app] = queue
     return queue
 
 
@@ -146,13 +148,13 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # -- the signal handlers --------------------------------------------------------
-_all_tasks_cache: dict[int, bool] = {}
+_all_tasks_cache: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _all_tasks(app: Any) -> bool:
-    found = _all_tasks_cache.get(id(app))
+    found = _all_tasks_cache.get(app)
     if found is None:
-        found = _all_tasks_cache[id(app)] = bool(
+        found = _all_tasks_cache[app] = bool(
             durable_settings(app.conf)["durable_dlq_all_tasks"]
         )
     return found
