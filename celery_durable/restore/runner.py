@@ -25,7 +25,7 @@ from kombu.exceptions import ChannelError
 
 from .. import metrics
 from ..dlq.base import DumpEntry, DumpStore
-from ..exceptions import RestoreError
+from ..exceptions import DurableError, RestoreError
 from ..settings import durable_settings
 from .gate import QueueGate
 from .lock import RunLock, run_lock
@@ -255,6 +255,11 @@ def restore(
                 report.planned = plan
                 return report
             _publish(app, producer, store, plan, opts, report, lock, chunk_size)
+    except DurableError:
+        raise
+    except Exception as exc:  # the broker, while planning (queue lengths)
+        metrics.RESTORE_ERRORS.inc()
+        raise RestoreError(f"restore run failed: {exc!r}") from exc
     finally:
         lock.release()
         if not dry_run:
@@ -312,4 +317,11 @@ def _publish(
         for queue, n in per_queue.items():
             metrics.RESTORED.labels(queue=queue).inc(n)
         report.by_queue.update(per_queue)
-        lock.refresh()
+        try:
+            lock.refresh()
+        except Exception as exc:
+            # Expired (a publish stalled longer than its TTL): another run may own
+            # the store now, so stop rather than publish the same dumps twice.
+            report.error = f"lost the restore lock after {report.restored} restored: {exc!r}"
+            logger.error("restore: %s", report.error)
+            return

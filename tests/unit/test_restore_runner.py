@@ -167,3 +167,13 @@ def test_file_lock_is_exclusive(tmp_path: Any) -> None:
     a.release()
     assert b.acquire()
     b.release()
+
+
+def test_unreachable_broker_is_a_restore_error() -> None:
+    app = Celery("down", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.broker_connection_timeout = 0.5
+    store = MemoryDumpStore(url="memory://down")
+    store.write([make_entry("x")])
+    with pytest.raises(RestoreError, match="restore run failed"):
+        restore(app, store, opts())
+    assert len(store.data) == 1
