@@ -89,6 +89,9 @@ def restore_command(
         fail(f"dlq restore: no dump for task id(s) {', '.join(missing)}")
     if report.postponed:
         held = ", ".join(f"{q}: {n}" for q, n in sorted(report.postponed.items()))
+        if dry_run:
+            click.echo(f"held back by rate control: {held} (use --force)")
+            return
         fail(
             f"dlq restore: held back, queue above {options.allow_rate:.0%} of "
             f"{options.capacity} messages ({held}); retry later or use --force"

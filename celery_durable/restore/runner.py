@@ -172,12 +172,10 @@ def _plan(
     for entry in entries:
         if select is not None and not select(entry):
             continue
-        parked = is_parked(entry, opts.max_attempts)
-        if parked:
+        if not opts.include_parked and is_parked(entry, opts.max_attempts):
             _note_parked(entry)
-            if not opts.include_parked:
-                report.parked += 1
-                continue
+            report.parked += 1
+            continue
         if not opts.ignore_backoff and not is_due(entry, opts.backoff, now):
             report.not_due += 1
             continue

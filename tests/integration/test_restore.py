@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,47 @@ def test_one_beat_tick_restores_every_hosts_file_store(h: RestoreHarness, tmp_pa
     assert h.restore_runs() == 1
     result = json.loads(h.state.lindex("restore_results", 0))
     assert result["fanout"] == {"a@host-a": {"ok": "started"}, "b@host-b": {"ok": "started"}}
+
+
+def test_cli_restore_dry_run_ids_rate_control_and_force(h: RestoreHarness) -> None:
+    h.conf.update(durable_restore_queue_capacity=10, durable_restore_allow_rate=0.5)  # limit 5
+    ids = [str(uuid.uuid4()) for _ in range(8)]
+    store = h.store()
+    # Not due (failed just now, backoff 60 s) and one of them parked: the CLI ignores both.
+    h.conf["durable_restore_backoff"] = 60.0
+    h.conf["durable_restore_max_attempts"] = 2
+    dumps = [flaky_dump(t, "cliq", n) for n, t in enumerate(ids)]
+    for d in dumps:
+        d.failed_at = time.time()
+    dumps[0].restores = 2
+    store.write(dumps)
+    store.close()
+
+    rc, out = h.cli("dlq", "restore", "--all", "--dry-run")
+    assert rc == 0, out
+    assert f"{ids[0]}  restore_app.flaky  -> cliq  (restore #3, parked)" in out
+    assert "would restore 5 dump(s)" in out  # the queue takes 5 before the limit
+    assert "held back by rate control: cliq: 3" in out
+    assert len(h.dumps()) == 8
+
+    rc, out = h.cli("dlq", "restore", ids[0], ids[1])
+    assert rc == 0, out
+    assert "restored 2 dump(s) (cliq: 2)" in out
+    assert h.broker.llen("cliq") == 2
+    headers = [json.loads(raw)["headers"] for raw in h.broker.lrange("cliq", 0, -1)]
+    assert {(x["id"], x["x-durable-restores"]) for x in headers} == {(ids[0], 3), (ids[1], 1)}
+
+    rc, out = h.cli("dlq", "restore", "--task", "restore_app.flaky")
+    assert rc == 1
+    assert "restored 3 dump(s) (cliq: 3)" in out
+    assert out.strip().splitlines()[-1].startswith("Error: dlq restore: held back, queue above")
+    assert h.broker.llen("cliq") == 5
+
+    rc, out = h.cli("dlq", "restore", "--all", "--force")
+    assert rc == 0, out
+    assert h.broker.llen("cliq") == 8
+    assert not h.dumps()
+
+    rc, out = h.cli("dlq", "restore", "no-such-id")
+    assert rc == 1
+    assert out.strip().splitlines()[-1] == "Error: dlq restore: no dump for task id(s) no-such-id"
