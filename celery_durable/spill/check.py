@@ -19,16 +19,15 @@ import plyvel
 from .. import metrics
 from ..exceptions import CorruptRecord, SpillError, VersionMismatch
 from .layout import (
-    CUM_SIZE,
     META_KEY,
     QUAR,
     REC,
-    SEQ,
     StoreLocked,
     is_lock_error,
     open_db,
     open_paths,
     read_state,
+    seq_of,
 )
 from .record import decode
 
@@ -125,15 +124,15 @@ def _scan(db: plyvel.DB, report: CheckReport, repair: bool) -> None:
     with db.iterator(prefix=REC) as it:
         for key, value in it:
             if head is None:
-                head = SEQ.unpack(key[1:])[0]
+                head = seq_of(key)
             try:
-                decode(value[CUM_SIZE:])
+                decode(value)
             except (CorruptRecord, VersionMismatch):
                 bad.append((key, value))
                 report.corrupt += 1
                 continue
             report.records += 1
-            report.bytes += len(value) - CUM_SIZE
+            report.bytes += len(value)
     with db.iterator(prefix=QUAR, include_value=False) as it:
         report.quarantined = sum(1 for _ in it)
     if not repair:

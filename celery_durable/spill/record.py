@@ -3,7 +3,7 @@
 A record is stored *before* routing (exchange and routing key as given), with the
 declarations the message needs, so the drainer can declare and route it later on
 a broker that may have forgotten everything.  The byte format (version, CRC32,
-JSON metadata, raw body; never pickle) is defined by :func:`encode` /
+binary ``created``, JSON metadata, raw body; never pickle) is defined by :func:`encode` /
 :func:`decode` below.
 """
 
@@ -27,9 +27,12 @@ __all__ = ["FORMAT_VERSION", "SpillRecord", "decode", "encode"]
 #: Byte format of a stored record (first byte of every value).
 FORMAT_VERSION = 1
 
-# version (1 byte) | CRC32 of everything after it (4) | metadata length (4) | metadata | body
-_HEADER = struct.Struct(">BII")
-_CRC_AT = struct.Struct(">I")
+# version (1) | CRC32 (4) of everything after it | metadata length (4) | created (8, double)
+# | metadata (JSON) | body.  ``created`` is binary because repr() of a float was a
+# quarter of the JSON encoding time.
+_HEAD = struct.Struct(">BI")
+_TAIL = struct.Struct(">Id")
+_HEADER_SIZE = _HEAD.size + _TAIL.size
 # The JSON encoder and decoder are built once.  ``kombu.utils.json.dumps``/``loads``
 # construct a new encoder/decoder per call, which costs more than encoding a
 # small header; on the append hot path that was a third of the time.  The C
@@ -88,14 +91,14 @@ def encode(record: SpillRecord) -> bytes:
             record.headers,
             record.properties,
             record.declarations,
-            record.created,
         ]
     )
     body = record.body
     if not isinstance(body, bytes):
         body = bytes(body)
-    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(_CRC_AT.pack(len(meta)))))
-    return b"".join((_HEADER.pack(FORMAT_VERSION, crc, len(meta)), meta, body))
+    tail = _TAIL.pack(len(meta), record.created)
+    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(tail)))
+    return b"".join((_HEAD.pack(FORMAT_VERSION, crc), tail, meta, body))
 
 
 def decode(data: bytes) -> SpillRecord:
@@ -104,26 +107,27 @@ def decode(data: bytes) -> SpillRecord:
     Raises :class:`VersionMismatch` for another format version and
     :class:`CorruptRecord` for anything else that is wrong (short, bad CRC, bad JSON).
     """
-    if len(data) < _HEADER.size:
+    if len(data) < _HEADER_SIZE:
         raise CorruptRecord(f"spill record too short ({len(data)} bytes)")
-    version, crc, meta_len = _HEADER.unpack_from(data)
+    version, crc = _HEAD.unpack_from(data)
     if version != FORMAT_VERSION:
         raise VersionMismatch(
             f"spill record format version {version}, this code reads {FORMAT_VERSION}"
         )
-    view = memoryview(data)
-    if zlib.crc32(view[5:]) != crc:
+    if zlib.crc32(memoryview(data)[_HEAD.size :]) != crc:
         raise CorruptRecord("spill record fails its CRC32 check")
-    end = _HEADER.size + meta_len
+    meta_len, created = _TAIL.unpack_from(data, _HEAD.size)
+    end = _HEADER_SIZE + meta_len
     if end > len(data):
         raise CorruptRecord("spill record metadata length exceeds the record")
-    raw = data[_HEADER.size : end]
+    raw = data[_HEADER_SIZE:end]
     try:
         # Kombu's type hook is a Python call per dict: only pay it when a
         # tagged value ({"__type__": ...}) is present.
         decoder = _TYPED if _TYPE_MARK in raw else _PLAIN
-        meta = decoder.decode(raw.decode())
-        (exchange, routing_key, ctype, cenc, headers, properties, decls, created) = meta
+        exchange, routing_key, ctype, cenc, headers, properties, decls = decoder.decode(
+            raw.decode()
+        )
     except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeError are ValueErrors
         raise CorruptRecord(f"spill record metadata cannot be decoded: {exc}") from exc
     return SpillRecord(

@@ -37,13 +37,11 @@ from .. import metrics
 from ..exceptions import CorruptRecord, SpillError, SpillFull, VersionMismatch
 from .check import CheckReport, check
 from .layout import (
-    CUM,
-    CUM_SIZE,
+    KEY,
     META_KEY,
     QUAR,
     REC,
     REC_END,
-    SEQ,
     StoreLocked,
     first_key,
     open_db,
@@ -51,6 +49,7 @@ from .layout import (
     open_stores,
     read_state,
     rkey,
+    seq_of,
 )
 from .record import SpillRecord, decode, encode
 
@@ -146,7 +145,7 @@ class SpillStore:
             with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
                 for _key, value in it:
                     try:
-                        oldest = decode(value[CUM_SIZE:]).created
+                        oldest = decode(value).created
                         break
                     except (CorruptRecord, VersionMismatch):
                         continue  # peek() quarantines it
@@ -176,9 +175,9 @@ class SpillStore:
             cum = state.appended + size
             try:
                 if self._write_sync:
-                    self._db.put(REC + SEQ.pack(seq), CUM.pack(cum) + value, sync=True)
+                    self._db.put(KEY.pack(REC, seq, cum), value, sync=True)
                 else:
-                    self._db.put(REC + SEQ.pack(seq), CUM.pack(cum) + value)
+                    self._db.put(KEY.pack(REC, seq, cum), value)
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = seq + 1
@@ -211,10 +210,10 @@ class SpillStore:
             was_empty = state.records == 0
             try:
                 with self._db.write_batch(sync=self._write_sync) as wb:
-                    pack = SEQ.pack
+                    pack = KEY.pack
                     for seq, value in enumerate(values, first):
                         cum += len(value)
-                        wb.put(REC + pack(seq), pack(cum) + value)
+                        wb.put(pack(REC, seq, cum), value)
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = first + len(values)
@@ -245,12 +244,11 @@ class SpillStore:
         with self._read_lock:
             self._check_open()
             bad: list[tuple[bytes, bytes, Exception]] = []
-            unpack = SEQ.unpack
             try:
                 with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
                     for key, value in it:
                         try:
-                            out.append((unpack(key[1:])[0], decode(value[CUM_SIZE:])))
+                            out.append((seq_of(key), decode(value)))
                         except (CorruptRecord, VersionMismatch) as exc:
                             bad.append((key, value, exc))
                             continue
@@ -271,7 +269,7 @@ class SpillStore:
                 state,
                 quarantined=state.quarantined + len(bad),
                 removed=state.removed + len(bad),
-                removed_bytes=state.removed_bytes + sum(len(v) - CUM_SIZE for _k, v, _e in bad),
+                removed_bytes=state.removed_bytes + sum(len(v) for _k, v, _e in bad),
             )
             try:
                 with self._db.write_batch(sync=self._write_sync) as wb:
@@ -289,7 +287,7 @@ class SpillStore:
             logger.error(
                 "spill store %s: record %d (%d bytes) quarantined: %s",
                 self.path,
-                SEQ.unpack(key[1:])[0],
+                seq_of(key),
                 len(value),
                 reason,
             )
@@ -325,7 +323,7 @@ class SpillStore:
                 with self._db.iterator(start=rkey(state.acked + 1), stop=rkey(upto_seq + 1)) as it:
                     for key, value in it:
                         keys.append(key)
-                        freed += len(value) - CUM_SIZE
+                        freed += len(value)
                 with self._lock:
                     after = replace(
                         state,
@@ -361,7 +359,7 @@ class SpillStore:
         """``(seq, encoded bytes)`` of every quarantined record, for inspection."""
         self._check_open()
         with self._db.iterator(prefix=QUAR) as it:
-            return [(SEQ.unpack(k[1:])[0], v[CUM_SIZE:]) for k, v in it]
+            return [(seq_of(k), v) for k, v in it]
 
     def _check_open(self) -> None:
         if self._closed:

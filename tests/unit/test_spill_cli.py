@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from celery_durable.cli import durable
 from celery_durable.spill import SpillRecord, SpillStore, new_store_path
-from celery_durable.spill.layout import rkey
+from celery_durable.spill.layout import find_key
 
 
 def make_store(spill_dir: Path, n: int) -> Path:
@@ -63,9 +63,11 @@ def test_check_fails_on_damage_and_repair_fixes_it(tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
     path = make_store(spill_dir, 3)
     db = plyvel.DB(str(path))
-    value = bytearray(db.get(rkey(2)))
+    key = find_key(db, 2)
+    assert key is not None
+    value = bytearray(db.get(key))
     value[-1] ^= 1
-    db.put(rkey(2), bytes(value))
+    db.put(key, bytes(value))
     db.close()
     code, out = run("spill", "check", "--spill-dir", str(spill_dir))
     assert code == 1

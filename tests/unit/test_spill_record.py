@@ -77,24 +77,35 @@ def test_short_input_is_corrupt(data: bytes) -> None:
         decode(data)
 
 
-def test_valid_crc_over_bad_json_is_corrupt() -> None:
+def raw_record(meta: bytes, body: bytes = b"b") -> bytes:
+    """Bytes in the record format with a *valid* CRC over arbitrary metadata."""
     import zlib
 
-    meta = b"[not json"
-    body = b"b"
-    length = struct.pack(">I", len(meta))
-    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(length)))
-    data = struct.pack(">BII", FORMAT_VERSION, crc, len(meta)) + meta + body
+    tail = struct.pack(">Id", len(meta), 1.0)
+    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(tail)))
+    return struct.pack(">BI", FORMAT_VERSION, crc) + tail + meta + body
+
+
+def test_raw_record_helper_matches_the_format() -> None:
+    record = decode(raw_record(b'["e","r",null,null,{},{},[]]'))
+    assert (record.exchange, record.body, record.created) == ("e", b"b", 1.0)
+
+
+def test_valid_crc_over_bad_json_is_corrupt() -> None:
     with pytest.raises(CorruptRecord, match="decoded"):
-        decode(data)
+        decode(raw_record(b"[not json"))
 
 
 def test_valid_crc_over_wrong_shape_is_corrupt() -> None:
+    with pytest.raises(CorruptRecord):
+        decode(raw_record(b"[1,2]"))
+
+
+def test_valid_crc_with_a_length_past_the_end_is_corrupt() -> None:
+    data = bytearray(raw_record(b"[]"))
     import zlib
 
-    meta = b"[1,2]"
-    length = struct.pack(">I", len(meta))
-    crc = zlib.crc32(b"", zlib.crc32(meta, zlib.crc32(length)))
-    data = struct.pack(">BII", FORMAT_VERSION, crc, len(meta)) + meta
-    with pytest.raises(CorruptRecord):
-        decode(data)
+    data[5:9] = struct.pack(">I", 10_000)
+    data[1:5] = struct.pack(">I", zlib.crc32(bytes(data[5:])))
+    with pytest.raises(CorruptRecord, match="length"):
+        decode(bytes(data))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from celery_durable.spill import SpillRecord, SpillStore, encode
-from celery_durable.spill.layout import rkey
+from celery_durable.spill.layout import find_key
 
 bodies = st.binary(max_size=64)
 headers = st.dictionaries(
@@ -86,9 +86,11 @@ class SpillStoreMachine(RuleBasedStateMachine):
         seq, _record = self.model.pop(index)
         self.store.close()
         db = plyvel.DB(str(self.dir / "s"))
-        value = bytearray(db.get(rkey(seq)))
+        key = find_key(db, seq)
+        assert key is not None
+        value = bytearray(db.get(key))
         value[-1] ^= 0x5A
-        db.put(rkey(seq), bytes(value))
+        db.put(key, bytes(value))
         db.close()
         self.store = SpillStore(self.dir / "s", max_bytes=4000)
         self.store.peek(len(self.model) + 1)  # the reader quarantines it

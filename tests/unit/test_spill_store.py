@@ -11,7 +11,7 @@ import pytest
 from celery_durable import metrics
 from celery_durable.exceptions import SpillError, SpillFull
 from celery_durable.spill import SpillRecord, SpillStore, StoreLocked, check, encode
-from celery_durable.spill.layout import CUM, META, META_KEY, rkey
+from celery_durable.spill.layout import KEY, META, META_KEY, REC, find_key
 from tests.helpers.wait import wait_for
 
 
@@ -101,14 +101,14 @@ def test_order_counters_and_sequence_survive_reopen(path: Path) -> None:
 
 
 def test_counters_survive_a_process_that_never_closed(tmp_path: Path) -> None:
-    """Appends write no meta: the running byte total in each record restores counters."""
+    """Appends write no meta: the running byte total in each key restores counters."""
     path = tmp_path / "s"
     db = plyvel.DB(str(path), create_if_missing=True)
     total = 0
     for seq in (1, 2, 3):
         value = encode(rec(seq))
         total += len(value)
-        db.put(rkey(seq), CUM.pack(total) + value)
+        db.put(KEY.pack(REC, seq, total), value)
     db.close()
     with SpillStore(path) as store:
         assert len(store) == 3 and store.backlog_bytes == total
@@ -182,7 +182,8 @@ def test_oldest_created_follows_the_head(path: Path) -> None:
 
 def _corrupt_value(path: Path, seq: int) -> None:
     db = plyvel.DB(str(path))
-    key = rkey(seq)
+    key = find_key(db, seq)
+    assert key is not None
     value = bytearray(db.get(key))
     value[-3] ^= 0xFF  # inside the body
     db.put(key, bytes(value))
@@ -212,9 +213,11 @@ def test_version_mismatch_is_quarantined_not_deleted(path: Path) -> None:
     with SpillStore(path) as store:
         store.extend([rec(0), rec(1)])
     db = plyvel.DB(str(path))
-    value = bytearray(db.get(rkey(1)))
-    value[CUM.size] = 99  # the record's version byte
-    db.put(rkey(1), bytes(value))
+    key = find_key(db, 1)
+    assert key is not None
+    value = bytearray(db.get(key))
+    value[0] = 99  # the record's version byte
+    db.put(key, bytes(value))
     db.close()
     with SpillStore(path) as store:
         assert ids(store.peek(10)) == [1]
