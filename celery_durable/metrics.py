@@ -85,7 +85,7 @@ RESTORE_LAG = Gauge(
 )
 
 
-def start_exporter(port: int, addr: str = "") -> None:
+def start_exporter(port: int, addr: str = "0.0.0.0") -> None:  # "" fails: gaierror
     """Serve ``/metrics`` on ``port``; aggregates worker children in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
