@@ -2,9 +2,7 @@
 
 Configured from the environment so every test can start a worker with its own
 broker, dump store and flush settings: ``DLQ_BROKER``, ``DLQ_BACKEND``, ``DLQ_URL``,
-``DLQ_ALL_TASKS``, ``DLQ_FLUSH_INTERVAL``, ``DLQ_CAPACITY``.  This module does not
-import ``celery_durable`` for ``DLQ_ALL_TASKS`` itself: the ``celery`` command's
-plugin must be enough.
+``DLQ_ALL_TASKS``, ``DLQ_FLUSH_INTERVAL``, ``DLQ_CAPACITY``, ``DLQ_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -32,6 +30,8 @@ def make_app(broker: str, backend: str | None = None) -> Celery:
         durable_dlq_flush_interval=float(os.environ.get("DLQ_FLUSH_INTERVAL", "0.2")),
         durable_dlq_capacity_bytes=int(os.environ.get("DLQ_CAPACITY", str(1 << 20))),
     )
+    if os.environ.get("DLQ_METRICS_PORT"):
+        app.conf.durable_metrics_port = int(os.environ["DLQ_METRICS_PORT"])
     return app
 
 

@@ -18,6 +18,7 @@ def start_worker(
     concurrency: int = 2,
     backend: str | None = None,
     name: str = "worker",
+    app: str = "tests.integration.dlq_app",
     **env: str,
 ) -> Proc:
     log = tmp_path / f"{name}.log"
@@ -26,7 +27,7 @@ def start_worker(
         full_env["DLQ_BACKEND"] = backend
     proc = celery(
         "-A",
-        "tests.integration.dlq_app",
+        app,
         "worker",
         "-P",
         pool,

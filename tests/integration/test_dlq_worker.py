@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
 from celery import chain
 
 from celery_durable.dlq import open_store
-from tests.helpers.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.wait import wait_for
 from tests.integration.dlq_app import make_app
 from tests.integration.dlq_worker import dumps_by_task_id, start_worker
 
 pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+    except OSError as exc:
+        return f"no metrics: {exc}"
 
 
 def test_final_failures_only_prefork(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -92,21 +101,34 @@ def test_final_failures_only_prefork(tmp_path: Path, redis_server: RedisServer) 
 
 
 def test_all_tasks_threads_pool(tmp_path: Path, redis_server: RedisServer) -> None:
-    """durable_dlq_all_tasks dumps undecorated tasks; exclusions still hold (threads pool)."""
+    """durable_dlq_all_tasks alone (the app never imports us) dumps every task (threads pool).
+
+    Also: ``durable_metrics_port`` starts the exporter in the worker.
+    """
     url = (tmp_path / "dlq").as_uri()
     client = make_app(redis_server.url)
+    port = free_port()
     worker = start_worker(
-        tmp_path, redis_server.url, url, pool="threads", concurrency=2, DLQ_ALL_TASKS="1"
+        tmp_path,
+        redis_server.url,
+        url,
+        pool="threads",
+        concurrency=2,
+        app="tests.integration.dlq_plain_app",
+        DLQ_METRICS_PORT=str(port),
     )
     try:
         plain = [client.send_task("dlq.plain", args=(i,)) for i in range(3)]
-        excluded = client.send_task("dlq.excluded", args=("value",))
         wait_for(
             lambda: {r.id for r in plain} <= set(dumps_by_task_id(url)),
             timeout=60,
             message=lambda: worker.output()[-3000:],
         )
-        wait_for(lambda: f"{excluded.id}] raised" in worker.output(), timeout=30)
+        wait_for(
+            lambda: 'celery_durable_dumped_total{task="dlq.plain"} 3.0' in scrape(port),
+            timeout=30,
+            message=lambda: scrape(port),
+        )
     finally:
         assert worker.terminate(timeout=60) == 0
     assert set(dumps_by_task_id(url)) == {r.id for r in plain}
