@@ -51,12 +51,6 @@ _TYPED = json.JSONDecoder(object_hook=object_hook)
 _TYPE_MARK = b'"__type__"'
 
 
-def _dumps(obj: Any) -> bytes:
-    if _c_encode is not None:
-        return "".join(_c_encode(obj, 0)).encode()
-    return _KOMBU.encode(obj).encode()  # pragma: no cover - Python without _json
-
-
 @dataclass
 class SpillRecord:
     """A message waiting for the broker."""
@@ -82,23 +76,23 @@ def encode(record: SpillRecord) -> bytes:
     Decimals and bytes inside headers/properties round-trip (tuples come back
     as lists).  The CRC covers the metadata length, the metadata and the body.
     """
-    meta = _dumps(
-        [
-            record.exchange,
-            record.routing_key,
-            record.content_type,
-            record.content_encoding,
-            record.headers,
-            record.properties,
-            record.declarations,
-        ]
-    )
+    fields = [
+        record.exchange,
+        record.routing_key,
+        record.content_type,
+        record.content_encoding,
+        record.headers,
+        record.properties,
+        record.declarations,
+    ]
+    # _dumps() inlined: this is the producer's hot path.
+    meta = ("".join(_c_encode(fields, 0)) if _c_encode else _KOMBU.encode(fields)).encode()
     body = record.body
-    if not isinstance(body, bytes):
+    if type(body) is not bytes:
         body = bytes(body)
-    tail = _TAIL.pack(len(meta), record.created)
-    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(tail)))
-    return b"".join((_HEAD.pack(FORMAT_VERSION, crc), tail, meta, body))
+    # The CRC covers everything after itself: length, created, metadata, body.
+    tail = _TAIL.pack(len(meta), record.created) + meta
+    return b"".join((_HEAD.pack(FORMAT_VERSION, zlib.crc32(body, zlib.crc32(tail))), tail, body))
 
 
 def decode(data: bytes) -> SpillRecord:

@@ -138,7 +138,7 @@ class SpillStore:
     @property
     def oldest_created(self) -> float | None:
         """``created`` of the oldest un-acked record (drain lag), or None when empty."""
-        if self._state.records <= 0:
+        if self._state.records <= 0 or self._closed:
             return None
         if not self._oldest_known:
             oldest = None
@@ -389,7 +389,7 @@ class SpillStore:
         syncer = self._syncer
         if syncer is not None and syncer is not threading.current_thread():
             syncer.join()
-        with self._lock:
+        with self._read_lock, self._lock:  # never under a drainer's open iterator
             if self._closed:
                 return
             try:
