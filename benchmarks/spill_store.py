@@ -1,12 +1,14 @@
 """Spill store throughput against raw plyvel, in one run.
 
-    python benchmarks/spill_store.py [--n 200000] [--body 300]
+    python benchmarks/spill_store.py [--n 100000] [--body 300] [--repeat 3]
 
 Prints appends/s (single ``append`` and ``extend`` of 1000), peek+ack records/s,
 the raw plyvel ``put`` and ``write_batch`` rates for values of the same encoded
 size, and the ratios.  Targets (issue 2): single append >= 200,000/s and
 >= 0.5x raw ``put``.  ``append`` includes encoding the record (JSON metadata +
 CRC32); the ``celery-like`` line uses the ~20 headers Celery's protocol 2 sends.
+Also: time to open a store holding the whole backlog, to compact it after the
+drain, and to peek a drained store (all O(1) or close to it by design).
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ def bench_store(root: Path, n: int, record: SpillRecord) -> dict[str, float]:
     store = SpillStore(root / "batched", max_bytes=1 << 40)
     batch = [record] * BATCH
     out["extend"] = rate(n, lambda: [store.extend(batch) for _ in range(n // BATCH)] and None)
+    store.close()
+    start = time.perf_counter()
+    store = SpillStore(root / "batched", max_bytes=1 << 40)  # a full backlog: no scan
+    out["open_s"] = time.perf_counter() - start
+    assert len(store) == n
 
     def drain() -> None:
         while True:
@@ -106,6 +113,12 @@ def bench_store(root: Path, n: int, record: SpillRecord) -> dict[str, float]:
             store.ack(items[-1][0])
 
     out["peek_ack"] = rate(n, drain)
+    start = time.perf_counter()
+    store.compact()
+    out["compact_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    store.peek(1)  # the seek cursor skips the n tombstones (DESIGN.md section 7)
+    out["peek_empty_s"] = time.perf_counter() - start
     store.close()
     return out
 
@@ -133,8 +146,11 @@ def bench_raw(root: Path, n: int, value: bytes) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200_000, help="records per measurement")
+    parser.add_argument("--n", type=int, default=100_000, help="records per measurement")
     parser.add_argument("--body", type=int, default=300, help="body bytes")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds; the best rate of each is kept"
+    )
     args = parser.parse_args()
     n = args.n - args.n % BATCH or BATCH
     root = Path(tempfile.mkdtemp(prefix="spill-bench-"))
@@ -144,11 +160,24 @@ def main() -> None:
             ("celery-like headers", celery_record(args.body)),
         ):
             value = encode(record)
-            sub = root / label.replace(" ", "-")
-            sub.mkdir()
-            raw = bench_raw(sub, n, value)
-            ours = bench_store(sub, n, record)
-            print(f"-- {label}: body {args.body} B, encoded record {len(value)} B, n={n}")
+            raw: dict[str, float] = {}
+            ours: dict[str, float] = {}
+            # Raw and ours alternate within each round so both see the same
+            # machine load (a shared 2-core box is noisy); rates keep the best,
+            # times the lowest.
+            for round_ in range(args.repeat):
+                sub = root / f"{label.replace(' ', '-')}-{round_}"
+                sub.mkdir()
+                for key, val in bench_raw(sub, n, value).items():
+                    raw[key] = max(raw.get(key, 0.0), val)
+                for key, val in bench_store(sub, n, record).items():
+                    best = min if key.endswith("_s") else max
+                    ours[key] = best(ours.get(key, val), val)
+                shutil.rmtree(sub)
+            print(
+                f"-- {label}: body {args.body} B, encoded record {len(value)} B, "
+                f"n={n}, best of {args.repeat}"
+            )
             print(f"raw plyvel put            {raw['put']:>12,.0f} /s")
             print(f"raw plyvel write_batch    {raw['write_batch']:>12,.0f} /s  (batch {BATCH})")
             print(
@@ -160,6 +189,11 @@ def main() -> None:
                 f"ratio to raw write_batch {ours['extend'] / raw['write_batch']:.2f}"
             )
             print(f"SpillStore.peek+ack       {ours['peek_ack']:>12,.0f} /s  (batch {BATCH})")
+            print(
+                f"open with {n} waiting {ours['open_s'] * 1000:.1f} ms; "
+                f"compact after drain {ours['compact_s'] * 1000:.0f} ms; "
+                f"peek on drained store {ours['peek_empty_s'] * 1000:.2f} ms"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
