@@ -1,8 +1,15 @@
 """Restore dead-letter dumps: the ``celery_durable.restore`` beat task.
 
 Importing this package registers the task and the ``durable_restore``
-remote-control command (both needed in every worker that should restore its
-host's ``file://`` dumps).  Modules:
+remote-control command, both needed in every worker that should restore its
+host's ``file://`` dumps.  Calling :func:`enable_restore_schedule` in the app
+module imports it; a worker whose app module does not call it needs
+``app.conf.imports = ["celery_durable.restore"]`` (or ``include=``), otherwise it
+ignores the broadcast and its host's dumps stay where they are.
+
+With ``file://`` each worker restores its own host's store at up to
+``durable_restore_batch`` / ``durable_restore_rate`` per tick; with ``redis://``
+the one worker that receives the task restores the shared store.  Modules:
 
 * ``policy``: backoff and parking rules;
 * ``message``: rebuild the original Celery message from a dump;

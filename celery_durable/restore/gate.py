@@ -6,7 +6,9 @@ is read once per run through Kombu's passive ``queue_declare`` (its
 added, so one run never overshoots.  A queue found too long is postponed for
 ``postpone_interval`` seconds; the postponement is remembered in this process
 across runs (a module-level table), so later beat ticks skip it without asking
-the broker again.  Other queues keep going.
+the broker again.  Other queues keep going.  "In this process" means per pool
+child in a prefork worker: a child that has not seen the postponement probes the
+queue once and finds it full just the same.
 """
 
 from __future__ import annotations

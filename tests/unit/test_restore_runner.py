@@ -81,8 +81,11 @@ def test_backoff_parking_and_batch(app: Celery) -> None:
         ]
     )
     parked_before = metrics.PARKED._value.get()
+    restored_before = metrics.RESTORED.labels(queue="celery")._value.get()
     report = restore(app, store, opts(batch=3))
     assert report.restored == 3
+    assert metrics.RESTORED.labels(queue="celery")._value.get() == restored_before + 3
+    assert metrics.RESTORE_LAG._value.get() == pytest.approx(100, abs=5)
     assert report.not_due == 1
     assert report.parked == 1
     assert report.lag == pytest.approx(100, abs=5)  # due-c waits for the next run
