@@ -12,14 +12,16 @@ import tempfile
 from pathlib import Path
 
 import plyvel
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from celery_durable.exceptions import SpillFull
 from celery_durable.spill import SpillRecord, SpillStore, encode
 from celery_durable.spill.layout import find_key
 
-bodies = st.binary(max_size=64)
+bodies = st.binary(max_size=400)
 headers = st.dictionaries(
     st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=8), st.none()), max_size=3
 )
@@ -48,6 +50,8 @@ class SpillStoreMachine(RuleBasedStateMachine):
     @rule(record=records)
     def append(self, record: SpillRecord) -> None:
         if self._size() + len(encode(record)) > 4000:
+            with pytest.raises(SpillFull):
+                self.store.append(record)
             return
         seq = self.store.append(record)
         assert seq == self.next_seq
@@ -57,6 +61,8 @@ class SpillStoreMachine(RuleBasedStateMachine):
     @rule(batch=st.lists(records, max_size=6))
     def extend(self, batch: list[SpillRecord]) -> None:
         if self._size() + sum(len(encode(r)) for r in batch) > 4000:
+            with pytest.raises(SpillFull):
+                self.store.extend(batch)
             return
         last = self.store.extend(batch)
         for record in batch:
