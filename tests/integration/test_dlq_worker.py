@@ -137,7 +137,10 @@ def test_all_tasks_threads_pool(tmp_path: Path, redis_server: RedisServer) -> No
 def test_hard_time_limit_and_lost_process_prefork(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Main-process task_failure (hard time limit, killed child) is captured from the Request."""
+    """Main-process task_failure (hard time limit, killed child) is captured from the Request.
+
+    A revoked task is not dumped.
+    """
     url = redis_server.url.replace("/0", "/2")
     client = make_app(redis_server.url)
     worker = start_worker(tmp_path, redis_server.url, url, concurrency=2)
@@ -151,10 +154,23 @@ def test_hard_time_limit_and_lost_process_prefork(
             message=lambda: worker.output()[-4000:],
         )
         wait_for(lambda: f"{fine.id}] succeeded" in worker.output(), timeout=30)
+        # Revoked (terminated while running, or discarded before): never a final failure.
+        victim = client.send_task("dlq.sleepy", args=(30,))
+        wait_for(lambda: f"{victim.id}] received" in worker.output(), timeout=30)
+        client.control.revoke(victim.id, terminate=True)
+        wait_for(
+            lambda: (
+                f"Terminating {victim.id}" in worker.output()
+                or f"{victim.id}] revoked" in worker.output()
+                or f"Discarding revoked task: dlq.sleepy[{victim.id}]" in worker.output()
+            ),
+            timeout=30,
+            message=lambda: worker.output()[-3000:],
+        )
     finally:
         assert worker.terminate(timeout=60) == 0
     dumps = dumps_by_task_id(url)
-    assert set(dumps) == {slow.id, died.id}
+    assert set(dumps) == {slow.id, died.id}, worker.log.read_text()[-3000:]
     timed_out = dumps[slow.id][0]
     assert timed_out.task_name == "dlq.sleepy"
     assert timed_out.exc_type.endswith(".TimeLimitExceeded")
