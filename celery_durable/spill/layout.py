@@ -27,6 +27,7 @@ Opening costs two reverse seeks and one forward seek, never a scan.
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ REC_END = b"s"  # first key after every b"r..." key
 SEQ = struct.Struct(">Q")
 KEY = struct.Struct(">cQQ")  # keyspace, seq, cum
 META = struct.Struct(">QQQQQQ")
+
+logger = logging.getLogger(__name__)
 
 # Stores open in *this* process, by resolved path.  LevelDB refuses a second
 # open of one directory in a process, and find_orphans must not probe them.
@@ -151,7 +154,12 @@ def first_key(db: plyvel.DB, acked: int) -> bytes | None:
 def read_state(db: plyvel.DB) -> StoreState:
     """Counters from the meta key and the last records (O(1), see module docstring)."""
     raw = db.get(META_KEY)
-    state = StoreState(*META.unpack(raw)) if raw is not None else StoreState()
+    if raw is not None and len(raw) == META.size:
+        state = StoreState(*META.unpack(raw))
+    else:
+        if raw is not None:
+            logger.error("spill store meta is damaged (%d bytes); rebuilding it", len(raw))
+        state = StoreState()
     for last in (_last(db, REC), _last(db, QUAR)):
         if last is not None:
             state.next_seq = max(state.next_seq, last[0] + 1)

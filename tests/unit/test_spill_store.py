@@ -381,3 +381,16 @@ def test_reads_after_a_big_drain_do_not_walk_the_tombstones(path: Path) -> None:
             assert store.oldest_created is None
             best = min(best, time.perf_counter() - start)
         assert best < naive / 10, (best, naive)
+
+
+def test_damaged_meta_is_rebuilt_from_the_keys(path: Path) -> None:
+    with SpillStore(path) as store:
+        store.extend([rec(i) for i in range(3)])
+        expected = store.backlog_bytes
+    db = plyvel.DB(str(path))
+    db.put(META_KEY, b"garbage")
+    db.close()
+    with SpillStore(path) as store:
+        assert len(store) == 3 and store.backlog_bytes == expected
+        assert ids(store.peek(10)) == [0, 1, 2]
+        assert store.append(rec(3)) == 4
