@@ -3,7 +3,7 @@
 The run has two phases.  *Plan*: walk the store oldest first, skip parked and
 not-yet-due entries, ask the :class:`~.gate.QueueGate` whether each target
 queue may take one more, and stop at ``durable_restore_batch``.  *Publish*: send
-the plan in chunks through the app's producer pool, one redis pipeline per chunk
+the plan in chunks through a Kombu Producer, one redis pipeline per chunk
 (``pipeline.py``; other transports go through ``Producer.batch()``),
 and delete a chunk's dumps only after the broker accepted the whole chunk.
 
@@ -234,8 +234,12 @@ def restore(
         logger.info("restore: another run holds the lock for %s; skipping", store.url)
         return report
     try:
-        with app.producer_pool.acquire(block=True) as producer:
-            lengths = _QueueLengths(producer.connection)
+        # A connection of its own per run, not one from the producer pool: after a
+        # broker outage a pooled connection can come back half-closed (Kombu then
+        # fails in create_channel), and a run every beat tick can afford a connect.
+        with app.connection_for_write() as connection:
+            producer = connection.Producer()
+            lengths = _QueueLengths(connection)
             try:
                 gate = QueueGate(
                     lengths,
