@@ -42,7 +42,11 @@ def test_worker_killed_mid_flush_file_store(tmp_path: Path, redis_server: RedisS
                 )
                 sent.append(r.id)
         # The moment a segment is half written, kill everything.
-        wait_for(lambda: any(store.tmp_dir.iterdir()), timeout=60, interval=0.001)
+        wait_for(
+            lambda: any(store.segments_dir.iterdir()) and any(store.tmp_dir.iterdir()),
+            timeout=60,
+            interval=0.001,
+        )
         os.killpg(worker.pid, signal.SIGKILL)
     finally:
         worker.kill()
