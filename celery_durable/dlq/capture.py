@@ -154,9 +154,7 @@ _all_tasks_cache: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictiona
 def _all_tasks(app: Any) -> bool:
     found = _all_tasks_cache.get(app)
     if found is None:
-        found = _all_tasks_cache[app] = bool(
-            durable_settings(app.conf)["durable_dlq_all_tasks"]
-        )
+        found = _all_tasks_cache[app] = bool(durable_settings(app.conf)["durable_dlq_all_tasks"])
     return found
 
 
