@@ -1,0 +1,114 @@
+"""Every example in ``examples/`` run as its README says, against real redis-servers.
+
+Each test starts the example's own processes (``celery -A app worker``, the
+example's scripts) as subprocesses from the example's folder and checks what a
+user would see in their output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import ROOT, Proc, celery, python
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = ROOT / "examples"
+
+
+class Runner:
+    """Starts an example's processes with its env and kills them all at the end."""
+
+    def __init__(self, example: str, tmp_path: Path, **env: str) -> None:
+        self.cwd = EXAMPLES / example
+        self.tmp_path = tmp_path
+        self.env = env
+        self.procs: list[Proc] = []
+
+    def worker(self, *args: str, name: str = "worker") -> Proc:
+        proc = celery(
+            "-A", "app", "worker", "--loglevel=INFO", "--concurrency=1",
+            f"--hostname={name}@%h", *args,
+            log=self.tmp_path / f"{name}.log", env=self.env, cwd=self.cwd,
+        )  # fmt: skip
+        self.procs.append(proc)
+        wait_for(
+            lambda: "ready." in proc.output() or not proc.alive(),
+            timeout=60,
+            message=lambda: f"worker ready; log:\n{proc.output()[-3000:]}",
+        )
+        assert proc.alive(), proc.output()[-3000:]
+        return proc
+
+    def python(self, script: str, *args: str, name: str | None = None) -> Proc:
+        proc = python(
+            self.cwd / script, *args,
+            log=self.tmp_path / f"{name or script}.log", env=self.env, cwd=self.cwd,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, *args: str) -> Proc:
+        proc = celery(
+            "-A", "app", *args,
+            log=self.tmp_path / f"cli-{len(self.procs)}.log", env=self.env, cwd=self.cwd,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+
+@pytest.fixture
+def runners(tmp_path: Path) -> Iterator[list[Runner]]:
+    made: list[Runner] = []
+    try:
+        yield made
+    finally:
+        for runner in made:
+            runner.close()
+
+
+def count_lines(proc: Proc, pattern: str) -> int:
+    return len(re.findall(pattern, proc.output(), flags=re.MULTILINE))
+
+
+def processed(proc: Proc, what: str = "order") -> list[int]:
+    return [int(n) for n in re.findall(rf"processed {what} (\d+)", proc.output())]
+
+
+def test_producer_worker(tmp_path: Path, runners: list[Runner]) -> None:
+    """README: stop redis while the producer runs; nothing is lost, nothing hangs."""
+    broker = RedisServer(persistent=True).start()
+    try:
+        run = Runner("producer_worker", tmp_path, REDIS_URL=broker.url)
+        runners.append(run)
+        worker = run.worker()
+        producer = run.python("producer.py", "60", "0.05")
+        wait_for(lambda: count_lines(producer, r"^sent ") >= 15, timeout=30)
+        broker.stop()
+        mark = count_lines(producer, r"^sent ")
+        wait_for(lambda: count_lines(producer, r"^sent ") >= mark + 15, timeout=30)
+        broker.start()
+        assert producer.wait(60) == 0, producer.output()[-2000:]
+        out = producer.output()
+        assert "done: 60 orders published" in out
+        slowest = float(re.search(r"slowest publish ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
+        assert slowest < 2.0, out[-1000:]
+        wait_for(
+            lambda: set(processed(worker)) == set(range(60)),
+            timeout=60,
+            message=lambda: f"all 60 orders processed; worker log:\n{worker.output()[-3000:]}",
+        )
+        firsts = list(dict.fromkeys(processed(worker)))
+        assert firsts == sorted(firsts), firsts
+    finally:
+        broker.close()
