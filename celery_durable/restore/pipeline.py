@@ -6,7 +6,8 @@ walks Kombu's generic publish path, which caps a restore at ~9,000 msgs/s on a
 same channel methods Kombu's own publish uses (``prepare_message``, the virtual
 channel's in-place augment, ``_lookup``, ``_q_for_pri``) and serialized with
 Kombu's serializer registry, so the wire format is exactly Kombu's, and the whole
-chunk goes out in one non-transactional pipeline: ~25,000 msgs/s.
+chunk goes out in one non-transactional pipeline holding one multi-value LPUSH
+per redis list (same order as one LPUSH per message).
 
 Used only where that is provably the same thing: the channel is exactly
 ``kombu.transport.redis.Channel``, no compression, and every message goes to
@@ -49,25 +50,30 @@ class _RedisPipelinePublisher:
     def publish(self, chunk: Sequence[Republish], serializer: str) -> None:
         ch = self.channel
         routes: dict[tuple[str, str], list[str]] = {}
+        # One multi-value LPUSH per redis list: the same as one LPUSH per message
+        # in the same order (consumers BRPOP from the other end), far less packing.
+        lists: dict[str, list[str]] = {}
+        for m in chunk:
+            content_type, content_encoding, payload = serialize(m.body, serializer=serializer)
+            properties = dict(m.properties)
+            priority = properties.pop("priority", None)
+            if not properties.get("delivery_mode"):
+                properties["delivery_mode"] = _PERSISTENT
+            message = ch.prepare_message(
+                payload, priority, content_type, content_encoding, dict(m.headers), properties
+            )
+            ch._inplace_augment_message(message, m.exchange, m.routing_key)
+            key = (m.exchange, m.routing_key)
+            queues = routes.get(key)
+            if queues is None:
+                queues = routes[key] = list(ch._lookup(m.exchange, m.routing_key))
+            pri = ch._get_message_priority(message, reverse=False)
+            raw = json_dumps(message)
+            for queue in queues:
+                lists.setdefault(ch._q_for_pri(queue, pri), []).append(raw)
         with ch.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for m in chunk:
-                content_type, content_encoding, payload = serialize(m.body, serializer=serializer)
-                properties = dict(m.properties)
-                priority = properties.pop("priority", None)
-                if not properties.get("delivery_mode"):
-                    properties["delivery_mode"] = _PERSISTENT
-                message = ch.prepare_message(
-                    payload, priority, content_type, content_encoding, dict(m.headers), properties
-                )
-                ch._inplace_augment_message(message, m.exchange, m.routing_key)
-                key = (m.exchange, m.routing_key)
-                queues = routes.get(key)
-                if queues is None:
-                    queues = routes[key] = list(ch._lookup(m.exchange, m.routing_key))
-                pri = ch._get_message_priority(message, reverse=False)
-                raw = json_dumps(message)
-                for queue in queues:
-                    pipe.lpush(ch._q_for_pri(queue, pri), raw)
+            for name, values in lists.items():
+                pipe.lpush(name, *values)
             pipe.execute()
 
 
