@@ -167,9 +167,12 @@ def _plan(
     report: RestoreReport,
     select: Callable[[DumpEntry], bool] | None,
     now: float,
+    lock: RunLock,
 ) -> list[Republish]:
     plan: list[Republish] = []
-    for entry in entries:
+    for seen, entry in enumerate(entries, 1):
+        if seen % 5000 == 0:
+            lock.refresh()  # a long walk over a big store must not let the lock lapse
         if select is not None and not select(entry):
             continue
         if not opts.include_parked and is_parked(entry, opts.max_attempts):
@@ -250,7 +253,7 @@ def restore(
                     remember=not dry_run,
                 )
                 now = time.time()
-                plan = _plan(store.entries(), app, opts, gate, report, select, now)
+                plan = _plan(store.entries(), app, opts, gate, report, select, now, lock)
             finally:
                 lengths.close()
             if dry_run:
