@@ -112,3 +112,32 @@ def test_producer_worker(tmp_path: Path, runners: list[Runner]) -> None:
         assert firsts == sorted(firsts), firsts
     finally:
         broker.close()
+
+
+def test_dead_letter(tmp_path: Path, runners: list[Runner], redis_server: RedisServer) -> None:
+    """README: three charges fail and are dumped; after fix.py beat restores them."""
+    run = Runner("dead_letter", tmp_path, REDIS_URL=redis_server.url, RESTORE_BACKOFF="6")
+    runners.append(run)
+    worker = run.worker("-B", f"--schedule={tmp_path / 'celerybeat-schedule'}")
+    sender = run.python("send.py", "3")
+    assert sender.wait(30) == 0, sender.output()
+    task_ids = re.findall(r"sent order \d as task (\S+)", sender.output())
+    assert len(task_ids) == 3
+    wait_for(
+        lambda: count_lines(worker, r"payment service down, order \d") >= 3,
+        timeout=30,
+        message=lambda: f"three failures; worker log:\n{worker.output()[-3000:]}",
+    )
+    listing = run.cli("durable", "dlq", "ls")
+    assert listing.wait(30) == 0, listing.output()
+    assert "3 dumps, 0 parked, 0 quarantined" in listing.output(), listing.output()
+    assert all(task_id in listing.output() for task_id in task_ids)
+    fix = run.python("fix.py")
+    assert fix.wait(30) == 0, fix.output()
+    wait_for(
+        lambda: count_lines(worker, r"charged order \d \(task \S+, restore #1\)") >= 3,
+        timeout=40,
+        message=lambda: f"three restored charges; worker log:\n{worker.output()[-3000:]}",
+    )
+    charged = re.findall(r"charged order (\d) \(task (\S+), restore", worker.output())
+    assert sorted(charged) == sorted(zip(["1", "2", "3"], task_ids, strict=True))

@@ -1,0 +1,16 @@
+"""Bring the pretend payment service back: set the key ``charge`` checks."""
+
+from __future__ import annotations
+
+import redis
+
+from app import FLAG, REDIS_URL
+
+
+def main() -> None:
+    redis.Redis.from_url(REDIS_URL).set(FLAG, "1")
+    print("payment service is up", flush=True)
+
+
+if __name__ == "__main__":
+    main()
