@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import redis
-
 from app import FLAG, REDIS_URL
 
 
