@@ -82,6 +82,9 @@ class _PingDeferred:
         self.channel = channel
 
     def ping(self) -> bool:
+        if self.channel.connection.spiller.breaker.is_open:
+            self.channel.offline = True  # known down: don't pay publish_timeout again
+            return True
         try:
             self.channel._create_client().ping()
         except BROKER_DOWN as exc:
@@ -190,6 +193,8 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     # -- declarations never fail on a dead broker -----------------------------------
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        if self.connection.spiller.breaker.is_open:
+            return  # known down: the binding is in Kombu's state and in spilled records
         try:
             super()._queue_bind(exchange, routing_key, pattern, queue)
         except BROKER_DOWN as exc:
@@ -198,6 +203,9 @@ class DurableRedisChannel(GuardedRedisChannel):
             self.connection.spiller.trip(exc)
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        if queue and not passive and self.connection.spiller.breaker.is_open:
+            self._new_queue(queue, **kwargs)  # in-memory only for redis
+            return queue_declare_ok_t(queue, 0, 0)
         try:
             return super().queue_declare(queue, passive=passive, **kwargs)
         except BROKER_DOWN as exc:

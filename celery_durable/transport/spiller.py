@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 # Rough per-record overhead beyond the body, for the buffer's byte budget.
 _RECORD_OVERHEAD = 512
+# How often an idle drainer looks for stores left by processes that died (or
+# exited with a backlog while the broker was down) since it started.
+ORPHAN_SCAN_INTERVAL = 5.0
 
 
 def broker_dir_name(inner_url: str) -> str:
@@ -90,14 +93,16 @@ class Spiller:
         self._store: SpillStore | None = None
         self._adopted: list[SpillStore] = []
         self._thread: threading.Thread | None = None
+        self._next_orphan_scan = 0.0
         self.disk_mode = self.mode == "wal"
 
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         if self.mode == "wal":
             self._open_store()
         self._adopt_orphans()
-        if self._adopted or self.mode != "direct":
-            self._ensure_thread()
+        # The drainer runs in every process: it also adopts stores that other
+        # processes leave behind later (a producer SIGKILLed during an outage).
+        self._ensure_thread()
 
     # -- publishing ----------------------------------------------------------
     def accept(self, record: SpillRecord, reason: str) -> None:
@@ -168,6 +173,7 @@ class Spiller:
         return self._store
 
     def _adopt_orphans(self) -> None:
+        self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL
         for path in find_orphans(self.spill_dir):
             try:
                 store = SpillStore(path, max_bytes=self.options.spill_max_bytes)
@@ -262,6 +268,10 @@ class Spiller:
             self.breaker.reset()
         if self.disk_mode:
             self._leave_disk_mode()
+        if time.monotonic() >= self._next_orphan_scan:
+            self._adopt_orphans()
+            if self._adopted:
+                self._wake.set()
         return 0
 
     def _forward_buffer(self) -> int:
@@ -314,9 +324,17 @@ class Spiller:
         """Flush the buffer to the broker (or to disk) within ``timeout``; stop the drainer."""
         timeout = self.options.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while self._buffer and time.monotonic() < deadline and self._thread is not None:
+        # While the broker is reachable, give the drainer the time we have to
+        # deliver the buffer and backlog; what is left stays on disk for adoption.
+        while (
+            self.backlog()
+            and not self.breaker.is_open
+            and self._thread is not None
+            and self._thread.is_alive()
+            and time.monotonic() < deadline
+        ):
             self._wake.set()
-            time.sleep(0.01)  # the drainer owns the buffer; give it the time we have
+            time.sleep(0.01)
         with self._lock:
             try:
                 self._buffer_to_disk_locked("shutdown")

@@ -48,7 +48,8 @@ class Proc:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        self._logf.flush()
+        if not self._logf.closed:
+            self._logf.flush()
         return self.log.read_text(errors="replace")
 
     def terminate(self, timeout: float = 30.0) -> int:

@@ -24,14 +24,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` without persistence on ``127.0.0.1:port``.
+    """``redis-server`` on ``127.0.0.1:port`` (no persistence unless asked).
 
     ``stop()`` SIGKILLs it (a crash, not a shutdown), ``start()`` brings it back on
     the same port with an empty dataset, ``freeze()``/``thaw()`` SIGSTOP/SIGCONT it.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, persistent: bool = False) -> None:
         self.port = port or free_port()
+        #: AOF with fsync on every write: a SIGKILL loses nothing redis acknowledged,
+        #: like a production broker; without it a restart starts empty.
+        self.persistent = persistent
         self.dir = Path(tempfile.mkdtemp(prefix="durable-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -54,7 +57,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.dir),
                 "--protected-mode",

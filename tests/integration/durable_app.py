@@ -1,0 +1,58 @@
+"""Celery app for the transport's integration tests (imported by worker subprocesses).
+
+Configured from the environment so each test picks its own servers:
+DURABLE_BROKER_URL (``durable+redis://...``), DURABLE_RESULTS_URL (a redis the
+tests never kill, where tasks record what ran), DURABLE_TRANSPORT_OPTIONS (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+from celery import Celery
+
+import celery_durable  # noqa: F401 - registers the durable transport
+
+app = Celery("durable_app", broker=os.environ.get("DURABLE_BROKER_URL", "durable+redis://"))
+app.conf.update(
+    result_backend=os.environ.get("DURABLE_RESULTS_URL"),
+    broker_transport_options=json.loads(os.environ.get("DURABLE_TRANSPORT_OPTIONS", "{}")),
+    worker_prefetch_multiplier=1,
+    task_acks_late=False,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+_results: redis.Redis | None = None
+
+
+def results() -> redis.Redis:
+    global _results
+    if _results is None:
+        _results = redis.Redis.from_url(os.environ["DURABLE_RESULTS_URL"])
+    return _results
+
+
+@app.task(name="durable_app.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="durable_app.record", ignore_result=True)
+def record(producer: str, seq: int) -> None:
+    """Note that (producer, seq) ran, in execution order."""
+    results().rpush("arrivals", f"{producer}:{seq}")
+
+
+@app.task(name="durable_app.spawn", ignore_result=True)
+def spawn(name: str, count: int) -> None:
+    """Wait for the test's go signal (the broker is down by then), then publish subtasks."""
+    deadline = time.monotonic() + 60
+    while not results().exists("go") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for seq in range(count):
+        record.delay(f"{name}-{os.getpid()}", seq)
+    results().rpush("spawned", f"{name}:{os.getpid()}")

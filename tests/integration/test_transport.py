@@ -1,0 +1,131 @@
+"""durable+redis:// end to end: real redis-server, real workers and producers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.wait import wait_for
+
+from .conftest import Cluster, assert_ordered, duplicates
+
+pytestmark = pytest.mark.integration
+
+
+def test_healthy_path_results_and_worker_features(cluster: Cluster) -> None:
+    worker = cluster.worker("--pool=prefork", "--concurrency=2")
+    from tests.integration import durable_app
+
+    app = durable_app.app
+    app.conf.broker_url = cluster.broker_url
+    app.conf.result_backend = cluster.results.url
+    results = [durable_app.add.delay(i, i) for i in range(200)]
+    assert [r.get(timeout=60) for r in results] == [2 * i for i in range(200)]
+    # Remote control goes over the fanout pidbox exchange through our transport.
+    replies = app.control.ping(timeout=5.0)
+    assert any("worker@" in name for reply in replies for name in reply), replies
+    log = worker.output()
+    assert "mingle: searching for neighbors" in log
+    assert "redis" in log  # the worker reports the inner transport
+    app.close()
+
+
+def test_broker_stopped_during_two_producers(cluster: Cluster) -> None:
+    cluster.worker("--pool=solo", options={"visibility_timeout": 5})
+    producers = [cluster.producer(name, 5000) for name in ("p1", "p2")]
+    wait_for(lambda: all(len(cluster.sent(p)) > 1000 for p in producers), timeout=60)
+    cluster.broker.stop()
+    marks = [len(cluster.sent(p)) for p in producers]
+    # The outage lasts until both producers have published 1,000 more messages
+    # (at least) with no broker: every one of those went to the spill store.
+    wait_for(
+        lambda: all(len(cluster.sent(p)) > m + 1000 or "done" in p.output()
+                    for p, m in zip(producers, marks, strict=True)),
+        timeout=60,
+    )  # fmt: skip
+    cluster.broker.start()
+    for p in producers:
+        assert p.wait(120) == 0, p.output()[-2000:]
+    expected = {(name, seq) for name in ("p1", "p2") for seq in range(5000)}
+    arrivals = cluster.wait_arrived(expected, timeout=180)
+    assert_ordered(arrivals)
+    print(f"10,000 sent, {len(set(arrivals))} executed, {duplicates(arrivals)} duplicates")
+
+
+def test_broker_frozen_publish_never_blocks(cluster: Cluster) -> None:
+    cluster.transport_options = {"publish_timeout": 0.5}
+    cluster.worker("--pool=solo")
+    cluster.broker.freeze()
+    producer = cluster.producer("frozen", 500)
+    try:
+        assert producer.wait(60) == 0, producer.output()[-2000:]
+    finally:
+        cluster.broker.thaw()
+    worst = float(producer.output().split("max-latency ")[1].split()[0])
+    assert worst <= 0.5 + 0.5, f"an apply_async blocked {worst:.3f}s"
+    cluster.wait_arrived({("frozen", seq) for seq in range(500)})
+
+
+@pytest.mark.parametrize("mode", ["direct", "wal"])
+def test_producer_killed_during_outage_is_adopted(cluster: Cluster, mode: str) -> None:
+    cluster.broker.stop()
+    producer = cluster.producer("victim", 100_000, options={"publish_mode": mode})
+    wait_for(lambda: len(cluster.sent(producer)) >= 2000, timeout=60)
+    producer.kill()  # SIGKILL, mid-stream
+    accepted = cluster.sent(producer)
+    cluster.broker.start()
+    # A new process on the same spill_dir (here: a worker) adopts the dead store.
+    cluster.worker("--pool=solo", options={"publish_mode": mode})
+    arrivals = cluster.wait_arrived({("victim", seq) for seq in accepted})
+    assert_ordered(arrivals)
+
+
+def test_buffered_overflow_spills_and_graceful_stop_loses_nothing(cluster: Cluster) -> None:
+    cluster.broker.stop()
+    options = {"publish_mode": "buffered", "buffer_max_bytes": 64 * 1024}
+    producer = cluster.producer("buffered", 3000, options=options)
+    assert producer.wait(60) == 0, producer.output()[-2000:]  # exits: buffer flushed to disk
+    assert len(cluster.sent(producer)) == 3000
+    cluster.broker.start()
+    cluster.worker("--pool=solo", options=options)
+    arrivals = cluster.wait_arrived({("buffered", seq) for seq in range(3000)})
+    assert_ordered(arrivals)
+
+
+def test_spill_full_raises_and_loses_nothing_accepted(cluster: Cluster) -> None:
+    cluster.broker.stop()
+    options = {"spill_max_bytes": 200_000}
+    producer = cluster.producer("capped", 100_000, "--stop-on-full", options=options)
+    assert producer.wait(60) == 0, producer.output()[-2000:]
+    out = producer.output()
+    assert "full " in out, "SpillFull was never raised"
+    accepted = cluster.sent(producer)
+    assert 100 < len(accepted) < 100_000
+    cluster.broker.start()
+    cluster.worker("--pool=solo", options=options)
+    cluster.wait_arrived({("capped", seq) for seq in accepted})
+    # Once drained, publishing goes through again.
+    again = cluster.producer("again", 50, options=options)
+    assert again.wait(60) == 0
+    cluster.wait_arrived({("again", seq) for seq in range(50)})
+
+
+def test_prefork_children_spill_subtasks_to_their_own_stores(cluster: Cluster) -> None:
+    cluster.worker("--pool=prefork", "--concurrency=2")
+    from tests.integration import durable_app
+
+    app = durable_app.app
+    app.conf.broker_url = cluster.broker_url
+    durable_app.spawn.delay("a", 300)
+    durable_app.spawn.delay("b", 300)
+    wait_for(lambda: cluster.broker.client().llen("celery") == 0, timeout=30)
+    cluster.broker.stop()
+    cluster.results.client().set("go", 1)
+    wait_for(lambda: cluster.results.client().llen("spawned") == 2, timeout=60)
+    spawned = [s.decode() for s in cluster.results.client().lrange("spawned", 0, -1)]
+    cluster.broker.start()
+    expected = set()
+    for item in spawned:
+        name, pid = item.split(":")
+        expected |= {(f"{name}-{pid}", seq) for seq in range(300)}
+    cluster.wait_arrived(expected)
+    app.close()
