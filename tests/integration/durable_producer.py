@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 import time
 
-from celery_durable.exceptions import SpillFull
 from durable_app import record
+
+from celery_durable.exceptions import SpillFull
 
 
 def main() -> None:
