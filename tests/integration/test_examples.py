@@ -7,6 +7,7 @@ user would see in their output.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,7 @@ def count_lines(proc: Proc, pattern: str) -> int:
 
 
 def processed(proc: Proc, what: str = "order") -> list[int]:
-    return [int(n) for n in re.findall(rf"processed {what} (\d+)", proc.output())]
+    return [int(n) for n in re.findall(rf"(?:processed|resized) {what} (\d+)", proc.output())]
 
 
 def test_producer_worker(tmp_path: Path, runners: list[Runner]) -> None:
@@ -141,3 +142,57 @@ def test_dead_letter(tmp_path: Path, runners: list[Runner], redis_server: RedisS
     )
     charged = re.findall(r"charged order (\d) \(task (\S+), restore", worker.output())
     assert sorted(charged) == sorted(zip(["1", "2", "3"], task_ids, strict=True))
+
+
+def test_fleet_redis_dlq(tmp_path: Path, runners: list[Runner], redis_server: RedisServer) -> None:
+    """README: two workers dump into one redis store; the CLI lists and restores all."""
+    dumps = RedisServer().start()
+    try:
+        run = Runner("fleet_redis_dlq", tmp_path, REDIS_URL=redis_server.url, DLQ_URL=dumps.url)
+        runners.append(run)
+        eu = run.worker("-Q", "eu", name="eu")
+        us = run.worker("-Q", "us", name="us")
+        sender = run.python("send.py", "3")
+        assert sender.wait(30) == 0, sender.output()
+        wait_for(
+            lambda: (
+                count_lines(eu, "object storage unreachable") >= 3
+                and count_lines(us, "object storage unreachable") >= 3
+            ),
+            timeout=30,
+            message=lambda: f"six failures; logs:\n{eu.output()[-2000:]}\n{us.output()[-2000:]}",
+        )
+
+        def listed() -> str:
+            ls = run.cli("durable", "dlq", "ls")
+            assert ls.wait(30) == 0, ls.output()
+            return ls.output()
+
+        def six_listed() -> str:
+            out = listed()
+            return out if "6 dumps" in out else ""
+
+        wait_for(six_listed, timeout=30)
+        as_json = run.cli("durable", "dlq", "ls", "--json")
+        assert as_json.wait(30) == 0, as_json.output()
+        nodes = sorted(
+            json.loads(line)["hostname"].split("@")[0]
+            for line in as_json.output().splitlines()
+            if line.startswith("{")
+        )
+        assert nodes == ["eu"] * 3 + ["us"] * 3, as_json.output()
+        run.python("fix.py").wait(30)
+        restore = run.cli("durable", "dlq", "restore", "--all")
+        assert restore.wait(30) == 0, restore.output()
+        assert "restored 6 dump(s) (eu: 3, us: 3)" in restore.output(), restore.output()
+        wait_for(
+            lambda: (
+                sorted(processed(eu, "image")) == [1, 2, 3]
+                and sorted(processed(us, "image")) == [4, 5, 6]
+            ),
+            timeout=30,
+            message=lambda: f"restored images; logs:\n{eu.output()[-2000:]}\n{us.output()[-2000:]}",
+        )
+        assert "0 dumps" in listed()
+    finally:
+        dumps.close()
