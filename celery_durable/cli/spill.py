@@ -14,7 +14,7 @@ import click
 
 from ..options import default_dir
 from ..spill import CheckReport, StoreInfo, StoreLocked, check, list_stores
-from . import durable, fail
+from . import durable, fail, get_app
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +35,22 @@ def spill_dir_option(func: F) -> F:
 
 
 def resolve_spill_dir(spill_dir: Path | None) -> Path:
-    return spill_dir if spill_dir is not None else default_spill_dir()
+    """``--spill-dir`` if given, else the app's broker's store directory.
+
+    The transport keeps one sub-directory per broker under ``spill_dir``
+    (``spill_dir/<scheme-host-port-db-hash>``); with ``celery -A proj`` we find
+    it from the app's broker URL and transport options, as the producers do.
+    """
+    if spill_dir is not None:
+        return spill_dir
+    from ..transport.appconf import durable_config
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        config = durable_config(get_app(ctx))
+        if config is not None:
+            return config.store_dir
+    return default_spill_dir()
 
 
 @durable.group(name="spill")
@@ -140,3 +155,20 @@ def check_cmd(spill_dir: Path | None, repair: bool, stores: tuple[Path, ...]) ->
     if bad:
         hint = "" if repair else "; run with --repair"
         fail(f"{bad} of {len(paths) - skipped} spill store(s) have problems{hint}")
+
+
+@spill.command(name="drain")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the backlog to reach the broker.")  # fmt: skip
+@click.pass_context
+def drain(ctx: click.Context, timeout: float) -> None:
+    """Adopt the stores of dead processes and forward their backlog to the broker now."""
+    from ..transport.appconf import drain_orphans, durable_config
+
+    app = get_app(ctx)
+    if durable_config(app) is None:
+        fail("the app's broker_url does not use the durable transport (durable+redis://)")
+    found, left = drain_orphans(app, timeout)
+    if left:
+        fail(f"drained {found - left} of {found} spilled messages; {left} left (broker down?)")
+    click.echo(f"drained {found} spilled message(s)")

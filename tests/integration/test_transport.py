@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.helpers.wait import wait_for
@@ -129,3 +131,33 @@ def test_prefork_children_spill_subtasks_to_their_own_stores(cluster: Cluster) -
         expected |= {(f"{name}-{pid}", seq) for seq in range(300)}
     cluster.wait_arrived(expected)
     app.close()
+
+
+def test_cli_status_ls_and_drain_adopt_a_dead_store(cluster: Cluster) -> None:
+    from tests.helpers.processes import celery
+
+    cluster.broker.stop()
+    producer = cluster.producer("orphan", 100_000)
+    wait_for(lambda: len(cluster.sent(producer)) >= 500, timeout=60)
+    producer.kill()
+    accepted = len(cluster.sent(producer))
+
+    def cli(*args: str) -> tuple[int, str]:
+        proc = celery(
+            "-A", "durable_app", "durable", *args,
+            log=cluster.tmp_path / f"cli-{args[0]}-{args[-1]}.log",
+            env=cluster.env(), cwd=Path(__file__).parent,
+        )  # fmt: skip
+        return proc.wait(60), proc.output()
+
+    rc, out = cli("spill", "ls")
+    assert rc == 0, out
+    assert "no" in out and str(accepted) in out, out  # a dead store holding the backlog
+    rc, out = cli("spill", "drain", "--timeout", "2")
+    assert rc != 0 and "left" in out, out  # broker still down: says so, exits non-zero
+    cluster.broker.start()
+    rc, out = cli("spill", "drain")
+    assert rc == 0, out
+    assert cluster.broker.client().llen("celery") >= accepted
+    rc, out = cli("status")
+    assert rc == 0 and "breaker closed" in out and "backlog 0" in out, out

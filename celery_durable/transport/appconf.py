@@ -1,0 +1,78 @@
+"""Read a Celery app's durable transport configuration (for the CLI and tools).
+
+The CLI must find the same spill directory the app's producers use, without
+publishing anything: broker URL, ``broker_transport_options`` and the per-broker
+sub-directory of ``spill_dir`` are derived exactly as the transport does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection
+
+from .options import DurableOptions, split_options
+from .spiller import _safe_url, broker_dir_name
+
+__all__ = ["DurableConfig", "drain_orphans", "durable_config"]
+
+
+@dataclass(frozen=True)
+class DurableConfig:
+    broker_url: str
+    inner_url: str
+    options: DurableOptions
+    inner_options: dict[str, Any]
+
+    @property
+    def store_dir(self) -> Path:
+        """Where this broker's per-process stores live: ``spill_dir/<broker>``."""
+        return self.options.spill_dir / broker_dir_name(self.inner_url)
+
+
+def durable_config(app: Any) -> DurableConfig | None:
+    """The app's durable transport configuration, or None if it does not use it."""
+    conn: Connection = app.connection_for_write()
+    try:
+        transport = conn.transport_cls
+        uses_durable = transport == "durable" or (
+            isinstance(transport, str) and transport.startswith("celery_durable")
+        )
+        if not uses_durable:
+            return None
+        from . import _inner_url
+
+        # Read attributes only: touching ``conn.transport`` (``as_uri`` does)
+        # would start a Spiller here and adopt the very stores we report on.
+        options, inner = split_options(conn.transport_options or {})
+        inner_url = _inner_url(conn)
+        return DurableConfig(_safe_url(f"durable+{inner_url}"), inner_url, options, inner)
+    finally:
+        conn.release()
+
+
+def drain_orphans(app: Any, timeout: float) -> tuple[int, int]:
+    """Adopt every dead process's store for the app's broker and drain it.
+
+    Returns (records found, records left).  Uses the transport itself: opening
+    a durable connection adopts orphans, and its drainer forwards them.
+    """
+    from .spiller import spillers
+
+    conn: Connection = app.connection_for_write()
+    try:
+        transport: Any = conn.transport
+        spiller = transport.spiller
+        found = left = spiller.backlog()
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = spiller.backlog()
+        for s in spillers():
+            s.close(0.0)
+        return found, left
+    finally:
+        conn.release()
