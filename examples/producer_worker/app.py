@@ -24,6 +24,11 @@ app.conf.update(
     broker_transport_options={
         # Give up on a slow broker after 0.5 s and spill instead (default 1.0).
         "publish_timeout": 0.5,
+        # Kombu's redis transport, not ours: a message the worker had fetched but
+        # not started when redis died is redelivered after visibility_timeout
+        # (default 1 h). 10 s suits this demo; in production keep it longer than
+        # your longest task and ETA.
+        "visibility_timeout": 10,
     },
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.processes import ROOT, Proc, celery, python
-from tests.helpers.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -196,3 +196,43 @@ def test_fleet_redis_dlq(tmp_path: Path, runners: list[Runner], redis_server: Re
         assert "0 dumps" in listed()
     finally:
         dumps.close()
+
+
+def answers(proc: Proc) -> list[tuple[int, int, float]]:
+    """(order, web pid, seconds) for every ``queued order N in process P (S s)`` line."""
+    found = re.findall(r"queued order (\d+) in process (\d+) \(([\d.]+) s\)", proc.output())
+    return [(int(o), int(p), float(s)) for o, p, s in found]
+
+
+def test_web_multiprocess(tmp_path: Path, runners: list[Runner], durable_dir: Path) -> None:
+    """README: three forked web processes keep answering while redis is down."""
+    broker = RedisServer(persistent=True).start()
+    port = free_port()
+    try:
+        run = Runner("web_multiprocess", tmp_path, REDIS_URL=broker.url)
+        runners.append(run)
+        worker = run.worker()
+        server = run.python("serve.py", str(port), "3")
+        wait_for(lambda: server.output().count("serving") >= 3, timeout=30)
+        before = run.python("client.py", str(port), "20", "0", name="client-before")
+        assert before.wait(60) == 0, before.output()
+        assert len(answers(before)) == 20
+        broker.stop()
+        during = run.python("client.py", str(port), "20", "20", name="client-during")
+        assert during.wait(60) == 0, during.output() + server.output()
+        outage = answers(during)
+        assert sorted(o for o, _, _ in outage) == list(range(20, 40))
+        assert max(s for _, _, s in outage) < 2.0, outage
+        # One spill store per publishing process (the worker has one too).
+        stores = [p for p in (durable_dir / "spill").glob("*/*") if (p / "CURRENT").exists()]
+        store_pids = {int(p.name.split("-")[-2]) for p in stores}
+        assert {pid for _, pid, _ in outage} <= store_pids, (stores, outage)
+        broker.start()
+        wait_for(
+            lambda: set(processed(worker)) == set(range(40)),
+            timeout=60,
+            message=lambda: f"40 orders processed; worker log:\n{worker.output()[-3000:]}",
+        )
+        server.terminate()
+    finally:
+        broker.close()
