@@ -135,6 +135,16 @@ class DurableRedisChannel(GuardedRedisChannel):
                 params["socket_connect_timeout"] = timeout
         return params
 
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        # redis-py >= 6 retries a failed command 3 times with backoff by default;
+        # a publish must fail fast and spill instead (the drainer does the retrying).
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return self.Client(connection_pool=self.pool, retry=Retry(NoBackoff(), 0))
+
     # -- publishing --------------------------------------------------------------
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
         spiller = self.connection.spiller
