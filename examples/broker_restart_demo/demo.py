@@ -68,10 +68,11 @@ def main() -> int:
     )
     os.environ.update(env)
     redis_proc = start_redis(port, workdir)
+    worker_log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - the worker's stdout
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool=solo",
          "--loglevel=WARNING", "--without-mingle", "--without-gossip"],
-        cwd=HERE, env=env, stdout=open(workdir / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        cwd=HERE, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     sys.path.insert(0, str(HERE))
     from tasks import work
@@ -106,8 +107,11 @@ def main() -> int:
         done = executed(workdir / "executed.txt")
         unique = set(done)
         lost = TOTAL - len(unique & set(range(TOTAL)))
-        print(f"sent {TOTAL} / executed {len(unique)} / lost {lost} / "
-              f"duplicates {len(done) - len(unique)}; slowest apply_async after the first {slowest * 1000:.0f} ms")  # fmt: skip
+        print(
+            f"sent {TOTAL} / executed {len(unique)} / lost {lost} / "
+            f"duplicates {len(done) - len(unique)}; "
+            f"slowest apply_async after the first {slowest * 1000:.0f} ms"
+        )
         return 1 if lost else 0
     finally:
         worker.send_signal(signal.SIGTERM)
