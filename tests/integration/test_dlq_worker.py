@@ -205,3 +205,25 @@ def test_prefork_2000_failures_exactly_once(tmp_path: Path, redis_server: RedisS
     dumps = dumps_by_task_id(url)
     assert set(dumps) == set(ids)
     assert sum(len(v) for v in dumps.values()) == 2000
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_buffer_flushed_on_warm_shutdown(
+    pool: str, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """With a flush interval of an hour, the dumps still reach the store at shutdown."""
+    url = (tmp_path / "dlq").as_uri()
+    client = make_app(redis_server.url)
+    worker = start_worker(tmp_path, redis_server.url, url, pool=pool, DLQ_FLUSH_INTERVAL="3600")
+    store = open_store(url)
+    try:
+        ids = [client.send_task("dlq.fail", args=(i,)).id for i in range(10)]
+        wait_for(
+            lambda: all(f"{i}] raised" in worker.output() for i in ids),
+            timeout=60,
+            message=lambda: worker.output()[-3000:],
+        )
+        assert store.count() == 0  # still buffered in the pool processes
+    finally:
+        assert worker.terminate(timeout=60) == 0
+    assert {e.task_id for e in store.entries()} == set(ids)
