@@ -42,7 +42,7 @@ from celery.exceptions import Ignore, Reject, Retry, Terminated
 from celery.local import PromiseProxy
 
 from ..settings import durable_settings
-from .dumpqueue import DumpQueue
+from .dumpqueue import DumpQueue, log_dropped
 from .message import entry_from_context, entry_from_request
 from .stores import store_for_app
 
@@ -226,7 +226,11 @@ def _capture(
             logger.warning("dlq: no request found for failed task %s; dump is partial", task_id)
             ctx = Context(id=task_id, task=task.name, args=args, kwargs=kwargs)
         entry = entry_from_context(task, ctx, task_id, exc, einfo, args, kwargs)
-    queue_for_app(task.app).put(entry)
+    try:
+        queue_for_app(task.app).put(entry)
+    except Exception as error:  # no store (bad URL, unwritable dir): keep it in the log
+        log_dropped(entry, f"cannot queue the dump: {error!r}")
+        raise
 
 
 def _on_shutdown(**_: Any) -> None:

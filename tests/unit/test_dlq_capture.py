@@ -151,9 +151,11 @@ def test_capture_errors_are_logged_not_raised(
     def f() -> None:
         raise RuntimeError("f")
 
-    with caplog.at_level(logging.ERROR, logger="celery_durable.dlq.capture"):
+    with caplog.at_level(logging.ERROR, logger="celery_durable.dlq"):
         task_id = run(app, "err.f")
     assert f"could not capture the failure of task {task_id}" in caplog.text
+    assert "DROPPED DUMP (cannot queue the dump: " in caplog.text
+    assert f'"task_id": "{task_id}"' in caplog.text
 
 
 def test_forked_child_starts_with_no_queue(tmp_path: Path) -> None:
