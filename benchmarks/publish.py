@@ -1,0 +1,250 @@
+"""apply_async through memory://, redis:// and durable+redis://, in one run.
+
+    python benchmarks/publish.py [--n 10000] [--backlog 100000] [--spill 1000000]
+
+Every configuration runs in a fresh subprocess against a redis-server this
+script starts on a free loopback port, and prints one table with ratios:
+
+* apply_async/s for ``memory://`` (Celery's own ceiling), ``redis://``, and
+  ``durable+redis://`` in direct, buffered and wal modes, broker healthy; and
+  durable direct/wal with the broker down (port closed);
+* drain rate of a ``--backlog`` message backlog (spilled while down, then the
+  broker comes back; time until redis holds them all);
+* RSS growth of a producer that spills ``--spill`` messages (Kombu-level
+  publishes, broker down), and the time from starting a new process to the
+  first of those messages reaching redis (adoption of the dead store).
+
+Targets (issue 3): direct >= 0.95x redis://; buffered and wal >= 2.0x redis://
+and >= 0.8x memory://; broker down >= 0.8x memory://; drain >= 30,000 msg/s;
+RSS growth < 50 MB; start-up < 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    raise SystemExit("redis-server did not start")
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# -- child: one measurement in a fresh process ---------------------------------------
+def child(config: dict[str, object]) -> None:
+    from celery import Celery
+
+    import celery_durable  # noqa: F401
+
+    app = Celery("bench", broker=str(config["url"]), set_as_current=True)
+    app.conf.broker_transport_options = dict(config.get("options", {}))  # type: ignore[call-overload]
+
+    @app.task(name="bench.add", ignore_result=True)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    kind = config["kind"]
+    n = int(config["n"])  # type: ignore[call-overload]
+    if kind == "apply_async":
+        add.apply_async((0, 0))  # connect, declare, warm up
+        started = time.perf_counter()
+        for i in range(n):
+            add.apply_async((i, i))
+        elapsed = time.perf_counter() - started
+        print(json.dumps({"rate": n / elapsed}))
+    elif kind == "spill":  # Kombu-level publishes while the broker is down; report RSS
+        from kombu import Connection
+
+        with Connection(
+            str(config["url"]), transport_options=app.conf.broker_transport_options
+        ) as conn:
+            producer = conn.Producer()
+            producer.publish({"warm": 1}, routing_key="bench")
+            base = current_rss_mb()
+            body = {"args": [1, 2], "kwargs": {}, "pad": "x" * 200}
+            started = time.perf_counter()
+            for _ in range(n):
+                producer.publish(body, routing_key="bench")
+            elapsed = time.perf_counter() - started
+            print(json.dumps({"rate": n / elapsed, "rss_growth": current_rss_mb() - base}),
+                  flush=True)  # fmt: skip
+            os._exit(0)  # leave the store to be adopted, like a crash (no drain at exit)
+    elif kind == "adopt":  # start-up: open a durable connection, adopt, start draining
+        from kombu import Connection
+
+        conn = Connection(str(config["url"]), transport_options=app.conf.broker_transport_options)
+        conn.transport.spiller  # noqa: B018 - adoption happens here
+        time.sleep(float(config.get("hold", 0)))  # type: ignore[arg-type]
+
+
+def run_child(config: dict[str, object], env: dict[str, str], timeout: float = 900) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(config)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise SystemExit(f"child {config} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--spill", type=int, default=1_000_000)
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="durable-bench-"))
+    env = dict(os.environ, CELERY_DURABLE_DIR=str(tmp / "durable"),
+               PYTHONPATH=str(ROOT))  # fmt: skip
+    port = free_port()
+    server = start_redis(port)
+    client = redis.Redis(port=port)
+    dead = free_port()
+    rows: list[tuple[str, float]] = []
+    try:
+
+        def rate(label: str, url: str, options: dict | None = None) -> float:
+            client.flushall()
+            value = run_child(
+                {"kind": "apply_async", "url": url, "n": args.n, "options": options or {}}, env
+            )["rate"]
+            rows.append((label, value))
+            print(f"  {label:<40} {value:>10,.0f} /s", flush=True)
+            return float(value)
+
+        print(f"apply_async, {args.n:,} calls per configuration (fresh process each):")
+        memory = rate("memory://", "memory://")
+        plain = rate("redis://", f"redis://127.0.0.1:{port}/0")
+        modes = {
+            mode: rate(f"durable+redis:// {mode}", f"durable+redis://127.0.0.1:{port}/0",
+                       {"publish_mode": mode})
+            for mode in ("direct", "buffered", "wal")
+        }  # fmt: skip
+        down = {
+            mode: rate(f"durable+redis:// {mode}, broker down", f"durable+redis://127.0.0.1:{dead}/0",
+                       {"publish_mode": mode})
+            for mode in ("direct", "wal")
+        }  # fmt: skip
+        shutil.rmtree(tmp / "durable", ignore_errors=True)
+
+        # Drain rate: spill a backlog with the broker down, then bring it up.
+        print(f"\ndrain: {args.backlog:,} spilled messages, then the broker comes back")
+        server.kill()
+        server.wait()
+        spilled = run_child({"kind": "spill", "url": f"durable+redis://127.0.0.1:{port}/0",
+                             "n": args.backlog}, env)  # fmt: skip
+        server = start_redis(port)
+        adopter = subprocess.Popen(
+            [sys.executable, __file__, "--child",
+             json.dumps({"kind": "adopt", "url": f"durable+redis://127.0.0.1:{port}/0",
+                         "n": 0, "hold": 600})],
+            env=env,
+        )  # fmt: skip
+        first = last = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            n = client.llen("bench")
+            now = time.monotonic()
+            if n and first is None:
+                first = (now, n)
+            if n >= args.backlog + 1:
+                last = now
+                break
+            time.sleep(0.01)
+        adopter.kill()
+        assert first is not None and last is not None, "backlog did not drain"
+        drain_rate = (args.backlog + 1 - first[1]) / max(last - first[0], 1e-6)
+        print(f"  spilled at {spilled['rate']:,.0f}/s (Kombu publish, broker down); "
+              f"drained at {drain_rate:,.0f} msg/s")  # fmt: skip
+        shutil.rmtree(tmp / "durable", ignore_errors=True)
+        client.flushall()
+
+        # RSS with a big backlog, and start-up time of the process that adopts it.
+        print(f"\nspill {args.spill:,} messages (broker down), then adopt them in a new process")
+        server.kill()
+        server.wait()
+        big = run_child({"kind": "spill", "url": f"durable+redis://127.0.0.1:{port}/0",
+                         "n": args.spill}, env, timeout=1800)  # fmt: skip
+        server = start_redis(port)
+        started = time.monotonic()
+        adopter = subprocess.Popen(
+            [sys.executable, __file__, "--child",
+             json.dumps({"kind": "adopt", "url": f"durable+redis://127.0.0.1:{port}/0",
+                         "n": 0, "hold": 600})],
+            env=env,
+        )  # fmt: skip
+        while client.llen("bench") == 0 and time.monotonic() - started < 120:
+            time.sleep(0.005)
+        startup = time.monotonic() - started
+        adopter.kill()
+        print(f"  spilled at {big['rate']:,.0f}/s; RSS growth {big['rss_growth']:.1f} MB; "
+              f"process start to first drained message {startup:.2f} s")  # fmt: skip
+
+        print("\nsummary (ratios against the same run's baselines):")
+        table = [
+            ("direct / redis://", modes["direct"] / plain, ">= 0.95"),
+            ("buffered / redis://", modes["buffered"] / plain, ">= 2.0"),
+            ("buffered / memory://", modes["buffered"] / memory, ">= 0.8"),
+            ("wal / redis://", modes["wal"] / plain, ">= 2.0"),
+            ("wal / memory://", modes["wal"] / memory, ">= 0.8"),
+            ("direct, broker down / memory://", down["direct"] / memory, ">= 0.8"),
+            ("wal, broker down / memory://", down["wal"] / memory, ">= 0.8"),
+        ]
+        for label, value, target in table:
+            print(f"  {label:<36} {value:5.2f}x   target {target}")
+        print(f"  {'drain rate':<36} {drain_rate:,.0f} msg/s   target >= 30,000")
+        print(f"  {'RSS growth, ' + format(args.spill, ',') + ' spilled':<36} "
+              f"{big['rss_growth']:.1f} MB   target < 50")  # fmt: skip
+        print(f"  {'start-up to first drained':<36} {startup:.2f} s   target < 2")
+    finally:
+        server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
