@@ -115,7 +115,8 @@ class Spiller:
                         self._buffer.append(record)
                         self._buffer_bytes += size
                         metrics.BUFFERED_BYTES.set(self._buffer_bytes)
-                        self._wake.set()
+                        if not self._wake.is_set():
+                            self._wake.set()
                         return
                     self._buffer_to_disk_locked("buffer full")
                     reason = "buffer full"
@@ -135,9 +136,12 @@ class Spiller:
                 if self.options.spill_when_full != "block":
                     raise
                 deadline = self._wait_for_room(deadline)
-        metrics.SPILLED.labels(reason=reason).inc()
-        self._ensure_thread()
-        self._wake.set()
+        _spilled(reason).inc()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._ensure_thread()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _wait_for_room(self, started: float | None) -> float:
         now = time.monotonic()
@@ -202,7 +206,7 @@ class Spiller:
         self._buffer_bytes = 0
         self._buffer_gen += 1
         metrics.BUFFERED_BYTES.set(0)
-        metrics.SPILLED.labels(reason=reason).inc(len(records))
+        _spilled(reason).inc(len(records))
 
     # -- the drainer ---------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -355,6 +359,17 @@ class Spiller:
                 store.destroy()
         self._adopted.clear()
         self._store = None
+
+
+_SPILLED_BY_REASON: dict[str, Any] = {}
+
+
+def _spilled(reason: str) -> Any:
+    """The SPILLED counter for ``reason`` (``labels()`` takes a lock: not per publish)."""
+    child = _SPILLED_BY_REASON.get(reason)
+    if child is None:
+        child = _SPILLED_BY_REASON[reason] = metrics.SPILLED.labels(reason=reason)
+    return child
 
 
 def _safe_url(url: str) -> str:
