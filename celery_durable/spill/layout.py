@@ -113,13 +113,19 @@ class StoreState:
     removed_bytes: int = 0
     quarantined: int = 0
 
+    # Read without the store's lock by other threads: both terms only grow, so
+    # read the subtracted one first.  A producer's append and a drainer's ack
+    # landing between the two reads then make the result too high for a moment,
+    # never too low (a backlog that reads 0 while a record waits is a lost drain).
     @property
     def records(self) -> int:
-        return self.next_seq - 1 - self.removed
+        removed = self.removed
+        return self.next_seq - 1 - removed
 
     @property
     def nbytes(self) -> int:
-        return self.appended - self.removed_bytes
+        removed = self.removed_bytes
+        return self.appended - removed
 
     def pack(self) -> bytes:
         return META.pack(
