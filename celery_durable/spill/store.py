@@ -403,10 +403,28 @@ class SpillStore:
                     if open_stores.get(self._key) is self:
                         del open_stores[self._key]
 
-    def destroy(self) -> None:
-        """Close and delete the store directory (an adopted store that is now empty)."""
+    def destroy(self, *, force: bool = False) -> bool:
+        """Close the store and delete its directory if it is empty; True if deleted.
+
+        Emptiness is checked on the data (a seek), not the counters, so a
+        racing append or a counter that is off can never make this lose a
+        record: a store that still holds one is only closed, and a warning
+        logged (it will be adopted and drained later).  ``force`` deletes anyway.
+        """
+        if not self._closed and not force:
+            with self._read_lock, self._lock:
+                left = first_key(self._db, self._state.acked) if not self._closed else None
+            if left is not None:
+                logger.warning(
+                    "spill store %s still holds records (from seq %d): closed, not deleted",
+                    self.path,
+                    seq_of(left),
+                )
+                self.close()
+                return False
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     def __enter__(self) -> SpillStore:
         return self

@@ -158,10 +158,21 @@ def test_closed_store_refuses_and_close_is_idempotent(path: Path) -> None:
         store.peek(1)
 
 
-def test_destroy_removes_the_directory(path: Path) -> None:
+def test_destroy_removes_an_empty_store(path: Path) -> None:
+    store = SpillStore(path)
+    store.ack(store.append(rec(1)))
+    assert store.destroy() is True
+    assert not path.exists() and store.closed
+
+
+def test_destroy_keeps_a_store_that_still_holds_records(path: Path) -> None:
     store = SpillStore(path)
     store.append(rec(1))
-    store.destroy()
+    assert store.destroy() is False
+    assert store.closed
+    with SpillStore(path) as again:
+        assert ids(again.peek(10)) == [1]
+        assert again.destroy(force=True) is True
     assert not path.exists()
 
 
