@@ -5,8 +5,9 @@ restore it from wherever it happens to run.  Instead it broadcasts
 ``durable_restore``; every worker that imported :mod:`celery_durable.restore`
 (``enable_restore_schedule`` does, or list it in ``imports``) answers at once and
 runs one restore of its own store in a background thread, so the worker's event
-loop is never blocked.  Two workers on one host share the store's ``flock``:
-one restores, the other reports ``busy``.
+loop is never blocked.  It replies ``busy`` while its previous run is still going.
+Two workers on one host share the store's ``flock``: one restores, the other's
+run finds the lock taken and does nothing.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import current_app, shared_task
+from celery import shared_task
 
 from .control import COMMAND
 from .runner import restore
@@ -37,7 +37,7 @@ def run_restore(app: Any) -> dict[str, Any]:
         store.close()
 
 
-@shared_task(name=TASK_NAME, ignore_result=True)
-def restore_task() -> dict[str, Any]:
+@shared_task(name=TASK_NAME, bind=True, ignore_result=True)
+def restore_task(self: Any) -> dict[str, Any]:
     """Restore due dead-letter dumps (celery-durable)."""
-    return run_restore(current_app)
+    return run_restore(self.app)
