@@ -83,22 +83,25 @@ def celery_record(body: int) -> SpillRecord:
     )
 
 
-def rate(n: int, fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
+def rate(out: dict[str, float], key: str, n: int, fn: Callable[[], None]) -> None:
+    """``out[key]``: wall-clock rate; ``out[key + "_cpu"]``: rate per CPU second of
+    this process (steadier when other work shares the machine)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return n / (time.perf_counter() - start)
+    out[key] = n / (time.perf_counter() - start)
+    out[key + "_cpu"] = n / max(time.process_time() - cpu, 1e-9)
 
 
 def bench_store(root: Path, n: int, record: SpillRecord) -> dict[str, float]:
     out: dict[str, float] = {}
     store = SpillStore(root / "single", max_bytes=1 << 40)
     append = store.append
-    out["append"] = rate(n, lambda: [append(record) for _ in range(n)] and None)
+    rate(out, "append", n, lambda: [append(record) for _ in range(n)] and None)
     store.close()
 
     store = SpillStore(root / "batched", max_bytes=1 << 40)
     batch = [record] * BATCH
-    out["extend"] = rate(n, lambda: [store.extend(batch) for _ in range(n // BATCH)] and None)
+    rate(out, "extend", n, lambda: [store.extend(batch) for _ in range(n // BATCH)] and None)
     store.close()
     start = time.perf_counter()
     store = SpillStore(root / "batched", max_bytes=1 << 40)  # a full backlog: no scan
@@ -112,7 +115,7 @@ def bench_store(root: Path, n: int, record: SpillRecord) -> dict[str, float]:
                 return
             store.ack(items[-1][0])
 
-    out["peek_ack"] = rate(n, drain)
+    rate(out, "peek_ack", n, drain)
     start = time.perf_counter()
     store.compact()
     out["compact_s"] = time.perf_counter() - start
@@ -128,7 +131,7 @@ def bench_raw(root: Path, n: int, value: bytes) -> dict[str, float]:
     pack = struct.Struct(">Q").pack
     db = plyvel.DB(str(root / "raw-put"), create_if_missing=True)
     put = db.put
-    out["put"] = rate(n, lambda: [put(b"r" + pack(i), value) for i in range(n)] and None)
+    rate(out, "put", n, lambda: [put(b"r" + pack(i), value) for i in range(n)] and None)
     db.close()
 
     db = plyvel.DB(str(root / "raw-batch"), create_if_missing=True)
@@ -139,9 +142,28 @@ def bench_raw(root: Path, n: int, value: bytes) -> dict[str, float]:
                 for i in range(start, start + BATCH):
                     wb.put(b"r" + pack(i), value)
 
-    out["write_batch"] = rate(n, batches)
+    rate(out, "write_batch", n, batches)
     db.close()
     return out
+
+
+def print_rates(raw: dict[str, float], ours: dict[str, float]) -> None:
+    both = {**raw, **ours}
+
+    def line(name: str, key: str, base: str | None = None, note: str = "") -> None:
+        text = f"{name:<24}{both[key]:>10,.0f} /s  (cpu {both[key + '_cpu']:>9,.0f} /s)"
+        if base is not None:
+            text += (
+                f"  ratio to raw {base} {both[key] / both[base]:.2f}"
+                f" (cpu {both[key + '_cpu'] / both[base + '_cpu']:.2f})"
+            )
+        print(text + note)
+
+    line("raw plyvel put", "put")
+    line("raw plyvel write_batch", "write_batch", note=f"  (batch {BATCH})")
+    line("SpillStore.append", "append", "put")
+    line("SpillStore.extend", "extend", "write_batch", note=f"  (batch {BATCH})")
+    line("SpillStore.peek+ack", "peek_ack", note=f"  (batch {BATCH})")
 
 
 def main() -> None:
@@ -178,17 +200,8 @@ def main() -> None:
                 f"-- {label}: body {args.body} B, encoded record {len(value)} B, "
                 f"n={n}, best of {args.repeat}"
             )
-            print(f"raw plyvel put            {raw['put']:>12,.0f} /s")
-            print(f"raw plyvel write_batch    {raw['write_batch']:>12,.0f} /s  (batch {BATCH})")
-            print(
-                f"SpillStore.append         {ours['append']:>12,.0f} /s  "
-                f"ratio to raw put {ours['append'] / raw['put']:.2f}"
-            )
-            print(
-                f"SpillStore.extend         {ours['extend']:>12,.0f} /s  "
-                f"ratio to raw write_batch {ours['extend'] / raw['write_batch']:.2f}"
-            )
-            print(f"SpillStore.peek+ack       {ours['peek_ack']:>12,.0f} /s  (batch {BATCH})")
+
+            print_rates(raw, ours)
             print(
                 f"open with {n} waiting {ours['open_s'] * 1000:.1f} ms; "
                 f"compact after drain {ours['compact_s'] * 1000:.0f} ms; "
