@@ -70,11 +70,11 @@ class SpillRecord:
 
 
 def encode(record: SpillRecord) -> bytes:
-    """Serialise ``record``: version byte, CRC32, JSON metadata, raw body.
+    """Serialise ``record``: version byte, CRC32, lengths and ``created``, JSON metadata, body.
 
     Metadata goes through Kombu's JSON type registry so datetimes, UUIDs,
     Decimals and bytes inside headers/properties round-trip (tuples come back
-    as lists).  The CRC covers the metadata length, the metadata and the body.
+    as lists).  The CRC covers every byte after itself.
     """
     fields = [
         record.exchange,
