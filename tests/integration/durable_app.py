@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import redis
 from celery import Celery
@@ -41,10 +42,16 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-@app.task(name="durable_app.record", ignore_result=True)
-def record(producer: str, seq: int) -> None:
-    """Note that (producer, seq) ran, in execution order."""
-    results().rpush("arrivals", f"{producer}:{seq}")
+@app.task(name="durable_app.record", ignore_result=True, bind=True)
+def record(self: Any, producer: str, seq: int) -> None:
+    """Note that (producer, seq) ran, in execution order.
+
+    A message Kombu redelivered (visibility timeout after the worker lost its
+    connection holding it) is marked ``:r``: its position says nothing about
+    the order in which the producer's messages reached the broker.
+    """
+    redelivered = (self.request.delivery_info or {}).get("redelivered")
+    results().rpush("arrivals", f"{producer}:{seq}" + (":r" if redelivered else ""))
 
 
 @app.task(name="durable_app.spawn", ignore_result=True)

@@ -15,12 +15,8 @@ pytestmark = pytest.mark.integration
 
 def test_healthy_path_results_and_worker_features(cluster: Cluster) -> None:
     worker = cluster.worker("--pool=prefork", "--concurrency=2")
-    from tests.integration import durable_app
-
-    app = durable_app.app
-    app.conf.broker_url = cluster.broker_url
-    app.conf.result_backend = cluster.results.url
-    results = [durable_app.add.delay(i, i) for i in range(200)]
+    app = cluster.app()
+    results = [app.send_task("durable_app.add", (i, i)) for i in range(200)]
     assert [r.get(timeout=60) for r in results] == [2 * i for i in range(200)]
     # Remote control goes over the fanout pidbox exchange through our transport.
     replies = app.control.ping(timeout=5.0)
@@ -49,7 +45,7 @@ def test_broker_stopped_during_two_producers(cluster: Cluster) -> None:
         assert p.wait(120) == 0, p.output()[-2000:]
     expected = {(name, seq) for name in ("p1", "p2") for seq in range(5000)}
     arrivals = cluster.wait_arrived(expected, timeout=180)
-    assert_ordered(arrivals)
+    assert_ordered(cluster.arrivals(redelivered=False))
     print(f"10,000 sent, {len(set(arrivals))} executed, {duplicates(arrivals)} duplicates")
 
 
@@ -77,8 +73,8 @@ def test_producer_killed_during_outage_is_adopted(cluster: Cluster, mode: str) -
     cluster.broker.start()
     # A new process on the same spill_dir (here: a worker) adopts the dead store.
     cluster.worker("--pool=solo", options={"publish_mode": mode})
-    arrivals = cluster.wait_arrived({("victim", seq) for seq in accepted})
-    assert_ordered(arrivals)
+    cluster.wait_arrived({("victim", seq) for seq in accepted})
+    assert_ordered(cluster.arrivals(redelivered=False))
 
 
 def test_buffered_overflow_spills_and_graceful_stop_loses_nothing(cluster: Cluster) -> None:
@@ -89,8 +85,8 @@ def test_buffered_overflow_spills_and_graceful_stop_loses_nothing(cluster: Clust
     assert len(cluster.sent(producer)) == 3000
     cluster.broker.start()
     cluster.worker("--pool=solo", options=options)
-    arrivals = cluster.wait_arrived({("buffered", seq) for seq in range(3000)})
-    assert_ordered(arrivals)
+    cluster.wait_arrived({("buffered", seq) for seq in range(3000)})
+    assert_ordered(cluster.arrivals(redelivered=False))
 
 
 def test_spill_full_raises_and_loses_nothing_accepted(cluster: Cluster) -> None:
@@ -112,14 +108,12 @@ def test_spill_full_raises_and_loses_nothing_accepted(cluster: Cluster) -> None:
 
 
 def test_prefork_children_spill_subtasks_to_their_own_stores(cluster: Cluster) -> None:
-    cluster.worker("--pool=prefork", "--concurrency=2")
-    from tests.integration import durable_app
-
-    app = durable_app.app
-    app.conf.broker_url = cluster.broker_url
-    durable_app.spawn.delay("a", 300)
-    durable_app.spawn.delay("b", 300)
-    wait_for(lambda: cluster.broker.client().llen("celery") == 0, timeout=30)
+    worker = cluster.worker("--pool=prefork", "--concurrency=2")
+    app = cluster.app()
+    app.send_task("durable_app.spawn", ("a", 300))
+    app.send_task("durable_app.spawn", ("b", 300))
+    # Both spawn tasks are running (waiting for "go") before the broker dies.
+    wait_for(lambda: worker.output().count("durable_app.spawn[") >= 2, timeout=30)
     cluster.broker.stop()
     cluster.results.client().set("go", 1)
     wait_for(lambda: cluster.results.client().llen("spawned") == 2, timeout=60)
