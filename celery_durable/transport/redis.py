@@ -23,6 +23,7 @@ own (we subclass, so the worker sees ``driver_type == "redis"`` and the same
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis as redis_py
@@ -226,12 +227,27 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     # -- consuming needs a live broker --------------------------------------------------
     def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
-        if self.offline:
-            # Raise the inner error here, where a consumer on redis:// would have
-            # seen it, so Celery's reconnect loop handles it as usual.
-            self._create_client().ping()
-            self.offline = False
+        self.require_broker()
         return super().basic_consume(*args, **kwargs)
+
+    def require_broker(self) -> None:
+        """Raise the inner error now if this channel was opened on a dead broker.
+
+        Consumers need a live broker.  Raising here, where a consumer on
+        redis:// would have failed, lets Celery's reconnect loop handle it as
+        usual.  Connecting "succeeded" (the channel tolerates a dead broker for
+        producers), so Celery's own retry interval does not apply: wait one
+        breaker backoff (at least 1 s) first, or the consumer would restart in a
+        tight loop.
+        """
+        if not self.offline:
+            return
+        try:
+            self._create_client().ping()
+        except BROKER_DOWN:
+            time.sleep(max(1.0, self.connection.spiller.breaker.backoff()))
+            raise
+        self.offline = False
 
 
 class DurableRedisTransport(kombu_redis.Transport):
@@ -246,6 +262,14 @@ class DurableRedisTransport(kombu_redis.Transport):
     @property
     def supports_batch_publish(self) -> bool:
         return False
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        # The worker's consumer registers right after connecting; redis then
+        # restores unacked messages over the network: needs a live broker.
+        for channel in list(self.channels):
+            if isinstance(channel, DurableRedisChannel):
+                channel.require_broker()
+        super().register_with_event_loop(connection, loop)
 
     def __init__(self, client: Any, inner_url: str, options: DurableOptions,
                  inner_options: dict[str, Any], **kwargs: Any) -> None:  # fmt: skip
