@@ -121,8 +121,11 @@ def test_one_beat_tick_restores_every_hosts_file_store(h: RestoreHarness, tmp_pa
     h.wait(lambda: set(ids["qa"] + ids["qb"]) <= set(h.runs()), 60, "both hosts' tasks")
     h.wait(lambda: not h.dumps(urls["qa"]) and not h.dumps(urls["qb"]), 30, "both stores empty")
     h.wait(lambda: h.restore_runs() == 1, 30, "the restore task to finish (it waits for replies)")
+    # The replies the task waited for (a worker slower than the 1 s reply timeout
+    # still runs the command; the empty stores above are what counts).
     result = json.loads(h.state.lindex("restore_results", 0))
-    assert result["fanout"] == {"a@host-a": {"ok": "started"}, "b@host-b": {"ok": "started"}}
+    assert set(result["fanout"]) <= {"a@host-a", "b@host-b"}
+    assert all(reply == {"ok": "started"} for reply in result["fanout"].values())
 
 
 def test_cli_restore_dry_run_ids_rate_control_and_force(h: RestoreHarness) -> None:
