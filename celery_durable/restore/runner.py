@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 #: Messages per pipelined publish + delete: the most a crash can duplicate.
 CHUNK = 250
 
-# entry ids already counted in metrics.PARKED by this process (best effort: a
-# restarted process counts them again).
+# Entry ids already counted in metrics.PARKED by this process.  Best effort: a
+# restarted process, another pool child or another host counts an entry again, so
+# read the counter as "parkings seen", and `dlq ls --parked` for the truth.
 _SEEN_PARKED: set[str] = set()
 _SEEN_PARKED_MAX = 100_000
 
