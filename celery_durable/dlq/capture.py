@@ -208,7 +208,9 @@ def _capture(
         return
     excluded = _marks(task)
     if excluded is None:
-        if not _all_tasks(task.app):
+        # durable_dlq_all_tasks never covers our own tasks: a failing restore
+        # run must not dump itself into the store it is restoring from.
+        if not _all_tasks(task.app) or str(task.name).startswith("celery_durable."):
             return
         excluded = ()
     if excluded and isinstance(exc, excluded):

@@ -114,6 +114,17 @@ def test_all_tasks_setting(tmp_path: Path) -> None:
     assert entry.headers["x-custom"] == "c"
 
 
+def test_all_tasks_never_dumps_our_own_tasks(tmp_path: Path) -> None:
+    app = make_app(tmp_path, durable_dlq_all_tasks=True)
+
+    @app.task(name="celery_durable.restore_like")
+    def ours() -> None:
+        raise RuntimeError("a failing restore run")
+
+    run(app, "celery_durable.restore_like")
+    assert dumps(app) == {}
+
+
 def test_retry_reject_ignore_and_eager_are_not_final(tmp_path: Path) -> None:
     app = make_app(tmp_path, durable_dlq_all_tasks=True)
 
