@@ -81,3 +81,16 @@ def python(script: str | Path, *args: str, log: Path, **kw: object) -> Proc:
 
 def celery(*args: str, log: Path, **kw: object) -> Proc:
     return Proc([sys.executable, "-m", "celery", *args], log=log, **kw)  # type: ignore[arg-type]
+
+
+def wait_ready(proc: Proc, timeout: float = 90.0) -> Proc:
+    """Wait until a ``celery worker`` subprocess logged ``ready.``; fail with its log."""
+    from .wait import wait_for
+
+    wait_for(
+        lambda: " ready." in proc.output() or not proc.alive(),
+        timeout=timeout,
+        message=lambda: f"worker ready; log of {proc.log.name}:\n{proc.output()[-3000:]}",
+    )
+    assert proc.alive(), proc.output()[-3000:]
+    return proc

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import celery_durable  # noqa: F401 - registers the durable transport alias
-from tests.helpers.processes import Proc, celery, python
+from tests.helpers.processes import Proc, celery, python, wait_ready
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.wait import wait_for
 
@@ -50,13 +50,7 @@ class Cluster:
             log=self.tmp_path / f"{name}.log", env=self.env(**env), cwd=HERE,
         )  # fmt: skip
         self.procs.append(proc)
-        wait_for(
-            lambda: "ready." in proc.output() or not proc.alive(),
-            timeout=60,
-            message=lambda: f"worker ready; log:\n{proc.output()[-3000:]}",
-        )
-        assert proc.alive(), proc.output()[-3000:]
-        return proc
+        return wait_ready(proc)
 
     def producer(self, name: str, count: int, *args: str, **env: Any) -> Proc:
         proc = python(

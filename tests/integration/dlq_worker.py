@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery_durable.dlq import DumpEntry, open_store
-from tests.helpers.processes import Proc, celery
-from tests.helpers.wait import wait_for
+from tests.helpers.processes import Proc, celery, wait_ready
 
 
 def start_worker(
@@ -44,13 +43,7 @@ def start_worker(
         log=log,
         env=full_env,
     )
-    wait_for(
-        lambda: " ready." in proc.output() or not proc.alive(),
-        timeout=60,
-        message=lambda: f"worker ready; log:\n{proc.output()[-3000:]}",
-    )
-    assert proc.alive(), proc.output()[-3000:]
-    return proc
+    return wait_ready(proc)
 
 
 def dumps_by_task_id(url: str) -> dict[str, list[DumpEntry]]:

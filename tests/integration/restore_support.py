@@ -12,7 +12,7 @@ from celery import Celery
 
 from celery_durable.dlq.base import DumpEntry, DumpStore
 from celery_durable.dlq.stores import open_store
-from tests.helpers.processes import Proc, celery
+from tests.helpers.processes import Proc, celery, wait_ready
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.wait import wait_for
 
@@ -59,13 +59,7 @@ class RestoreHarness:
             log=self.tmp_path / f"{name.split('@')[0]}.log", env=self.env(**env), cwd=HERE,
         )  # fmt: skip
         self.procs.append(proc)
-        wait_for(
-            lambda: "ready." in proc.output() or not proc.alive(),
-            timeout=90,
-            message=lambda: f"worker {name} ready; log:\n{proc.output()[-3000:]}",
-        )
-        assert proc.alive(), proc.output()[-3000:]
-        return proc
+        return wait_ready(proc)
 
     def beat(self, **env: str) -> Proc:
         proc = celery(

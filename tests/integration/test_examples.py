@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import ROOT, Proc, celery, python
+from tests.helpers.processes import ROOT, Proc, celery, python, wait_ready
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.wait import wait_for
 
@@ -39,13 +39,7 @@ class Runner:
             log=self.tmp_path / f"{name}.log", env=self.env, cwd=self.cwd,
         )  # fmt: skip
         self.procs.append(proc)
-        wait_for(
-            lambda: "ready." in proc.output() or not proc.alive(),
-            timeout=60,
-            message=lambda: f"worker ready; log:\n{proc.output()[-3000:]}",
-        )
-        assert proc.alive(), proc.output()[-3000:]
-        return proc
+        return wait_ready(proc)
 
     def python(self, script: str, *args: str, name: str | None = None) -> Proc:
         proc = python(
