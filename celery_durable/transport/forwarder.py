@@ -120,7 +120,9 @@ class Forwarder:
 
 def _message(channel: Any, record: SpillRecord) -> Any:
     properties = dict(record.properties)
-    properties["delivery_info"] = {}
+    # A message put back in line after a failed delivery says so, as Kombu's
+    # own restores do (Celery shows it as request.delivery_info["redelivered"]).
+    properties["delivery_info"] = {"redelivered": True} if record.headers.get("redelivered") else {}
     return channel.prepare_message(
         record.body,
         properties.get("priority"),

@@ -22,6 +22,7 @@ own (we subclass, so the worker sees ``driver_type == "redis"`` and the same
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from typing import Any
@@ -94,9 +95,30 @@ class _PingDeferred:
         return True
 
 
+class DurableQoS(kombu_redis.QoS):
+    """Kombu's redis QoS, closing its loss window when redis dies mid-delivery.
+
+    Kombu takes a message with BRPOP (gone from redis) and only then records
+    it in the ``unacked`` hash.  If redis dies in between, plain Kombu loses
+    the message: the worker drops undelivered messages on connection loss and
+    redis has no copy.  Here the message goes back into line through the spill
+    store instead, and the error is raised as before.
+    """
+
+    channel: DurableRedisChannel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except BROKER_DOWN:
+            self.channel.respill(message)
+            raise
+
+
 class DurableRedisChannel(GuardedRedisChannel):
     """A redis channel whose publishes never block on, or fail with, a dead broker."""
 
+    QoS = DurableQoS
     connection: DurableRedisTransport
     offline = False
 
@@ -171,6 +193,37 @@ class DurableRedisChannel(GuardedRedisChannel):
         )
         spiller.accept(record, reason)
         return None
+
+    def respill(self, message: Any) -> None:
+        """Put a message taken from redis back in line (redis died before Kombu kept a copy)."""
+        raw = message._raw if hasattr(message, "_raw") else message
+        properties = dict(raw.get("properties") or {})
+        delivery_info = properties.pop("delivery_info", None) or {}
+        properties.pop("delivery_tag", None)
+        body = raw["body"]
+        if properties.pop("body_encoding", None) == "base64":
+            body = base64.b64decode(body)
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        exchange = delivery_info.get("exchange") or ""
+        headers = dict(raw.get("headers") or {})
+        headers["redelivered"] = True  # as Kombu marks the messages it restores
+        record = SpillRecord(
+            body=body,
+            exchange=exchange,
+            routing_key=delivery_info.get("routing_key") or "",
+            content_type=raw.get("content-type"),
+            content_encoding=raw.get("content-encoding"),
+            headers=headers,
+            properties=properties,
+            declarations=self._declarations_for(exchange),
+        )
+        logger.warning(
+            "celery-durable: redis died while delivering a message (routing key %r); "
+            "it goes back in line through the spill store",
+            record.routing_key,
+        )
+        self.connection.spiller.spill(record, "redelivery")
 
     def _declarations_for(self, exchange: str) -> list[dict[str, Any]]:
         """What the drainer must declare before routing to ``exchange`` (cached)."""
