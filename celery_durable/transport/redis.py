@@ -51,6 +51,10 @@ BROKER_DOWN: tuple[type[BaseException], ...] = (
 )
 
 
+#: Message properties Kombu's virtual transport sets while publishing.
+_ADDED_BY_KOMBU = frozenset({"delivery_info", "delivery_tag", "body_encoding"})
+
+
 class GuardedRedisChannel(kombu_redis.Channel):
     """Kombu's redis channel plus the route guard (used by the drainer too)."""
 
@@ -171,8 +175,7 @@ class DurableRedisChannel(GuardedRedisChannel):
     # -- publishing --------------------------------------------------------------
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
         spiller = self.connection.spiller
-        body = message["body"]
-        properties = {k: v for k, v in message["properties"].items() if k != "delivery_info"}
+        body = message["body"]  # Kombu replaces it (base64) in place before sending
         if spiller.mode == "direct" and not spiller.disk_mode:
             try:
                 return super().basic_publish(message, exchange, routing_key, **kwargs)
@@ -181,6 +184,8 @@ class DurableRedisChannel(GuardedRedisChannel):
                 reason = "broker down"
         else:
             reason = "backlog" if spiller.disk_mode else "buffered"
+        # What Kombu adds while routing (also after a failed attempt) is not ours to keep.
+        properties = {k: v for k, v in message["properties"].items() if k not in _ADDED_BY_KOMBU}
         record = SpillRecord(
             body=body if isinstance(body, bytes) else str(body).encode("utf-8"),
             exchange=exchange or "",
@@ -197,11 +202,11 @@ class DurableRedisChannel(GuardedRedisChannel):
     def respill(self, message: Any) -> None:
         """Put a message taken from redis back in line (redis died before Kombu kept a copy)."""
         raw = message._raw if hasattr(message, "_raw") else message
-        properties = dict(raw.get("properties") or {})
-        delivery_info = properties.pop("delivery_info", None) or {}
-        properties.pop("delivery_tag", None)
+        raw_properties = raw.get("properties") or {}
+        properties = {k: v for k, v in raw_properties.items() if k not in _ADDED_BY_KOMBU}
+        delivery_info = raw_properties.get("delivery_info") or {}
         body = raw["body"]
-        if properties.pop("body_encoding", None) == "base64":
+        if raw_properties.get("body_encoding") == "base64":
             body = base64.b64decode(body)
         elif isinstance(body, str):
             body = body.encode("utf-8")
