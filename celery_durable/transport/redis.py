@@ -125,6 +125,7 @@ class DurableRedisChannel(GuardedRedisChannel):
     QoS = DurableQoS
     connection: DurableRedisTransport
     offline = False
+    _publish_client: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.client = _PingDeferred(self)
@@ -165,12 +166,14 @@ class DurableRedisChannel(GuardedRedisChannel):
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
             return super()._create_client(asynchronous=True)
-        # redis-py >= 6 retries a failed command 3 times with backoff by default;
-        # a publish must fail fast and spill instead (the drainer does the retrying).
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        return self.Client(connection_pool=self.pool, retry=Retry(NoBackoff(), 0))
+        # Kombu builds a new redis.Redis per publish; building one (its response
+        # callback table) costs more than the LPUSH itself.  A client is
+        # thread-safe (connections come from the pool), so keep one per pool.
+        pool = self.pool
+        client = self._publish_client
+        if client is None or client.connection_pool is not pool:
+            client = self._publish_client = super()._create_client()
+        return client
 
     # -- publishing --------------------------------------------------------------
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:

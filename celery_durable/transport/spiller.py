@@ -86,6 +86,7 @@ class Spiller:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._hurry = threading.Event()  # close() cuts a backoff short
         self._room = threading.Condition(self._lock)
         self._buffer: deque[SpillRecord] = deque()
         self._buffer_bytes = 0
@@ -249,7 +250,8 @@ class Spiller:
                 except SpillError:
                     logger.exception("celery-durable: cannot spill the memory buffer")
         self._update_gauges()
-        self._stopping.wait(self.breaker.backoff())
+        if self._hurry.wait(self.breaker.backoff()):
+            self._hurry.clear()
 
     def _step(self) -> int:
         """Forward one batch from wherever the oldest messages are; return how many."""
@@ -330,6 +332,7 @@ class Spiller:
         deadline = time.monotonic() + timeout
         # While the broker is reachable, give the drainer the time we have to
         # deliver the buffer and backlog; what is left stays on disk for adoption.
+        self._hurry.set()  # a drainer sleeping in backoff retries now
         while (
             self.backlog()
             and not self.breaker.is_open
@@ -349,6 +352,7 @@ class Spiller:
                 )
         self._stopping.set()
         self._wake.set()
+        self._hurry.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
         self.forwarder.close()

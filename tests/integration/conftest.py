@@ -97,7 +97,8 @@ class Cluster:
             timeout=timeout,
             interval=0.2,
             message=lambda: (
-                f"{len(expected - set(self.arrivals()))} of {len(expected)} messages to arrive; "
+                f"{len(expected - set(self.arrivals()))} of {len(expected)} messages to arrive "
+                f"(missing: {sorted(expected - set(self.arrivals()))[:10]}); "
                 + "; ".join(f"{p.log.name}: {p.output()[-1500:]}" for p in self.procs)
             ),
         )
