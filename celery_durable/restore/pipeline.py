@@ -1,5 +1,9 @@
 """Publish a chunk of restores to Kombu's redis transport in one pipeline.
 
+The routing and the pipelined LPUSH are :mod:`celery_durable.redis_pipeline`
+(shared with the durable transport's drainer); this module adds the
+serialization of restored task bodies.
+
 Why: ``Producer.batch()`` already pipelines the LPUSHes, but each message still
 walks Kombu's generic publish path, which caps a restore at ~9,000 msgs/s on a
 2-core machine (benchmarks/restore.py).  Here each message is built with the
@@ -24,8 +28,8 @@ from typing import Any
 
 from kombu.serialization import dumps as serialize
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps as json_dumps
 
+from ..redis_pipeline import push
 from .message import Republish
 
 __all__ = ["pipeline_publisher"]
@@ -49,10 +53,7 @@ class _RedisPipelinePublisher:
 
     def publish(self, chunk: Sequence[Republish], serializer: str) -> None:
         ch = self.channel
-        routes: dict[tuple[str, str], list[str]] = {}
-        # One multi-value LPUSH per redis list: the same as one LPUSH per message
-        # in the same order (consumers BRPOP from the other end), far less packing.
-        lists: dict[str, list[str]] = {}
+        prepared = []
         for m in chunk:
             content_type, content_encoding, payload = serialize(m.body, serializer=serializer)
             properties = dict(m.properties)
@@ -62,19 +63,8 @@ class _RedisPipelinePublisher:
             message = ch.prepare_message(
                 payload, priority, content_type, content_encoding, dict(m.headers), properties
             )
-            ch._inplace_augment_message(message, m.exchange, m.routing_key)
-            key = (m.exchange, m.routing_key)
-            queues = routes.get(key)
-            if queues is None:
-                queues = routes[key] = list(ch._lookup(m.exchange, m.routing_key))
-            pri = ch._get_message_priority(message, reverse=False)
-            raw = json_dumps(message)
-            for queue in queues:
-                lists.setdefault(ch._q_for_pri(queue, pri), []).append(raw)
-        with ch.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for name, values in lists.items():
-                pipe.lpush(name, *values)
-            pipe.execute()
+            prepared.append((message, m.exchange, m.routing_key))
+        push(ch, prepared)
 
 
 def pipeline_publisher(producer: Any) -> _RedisPipelinePublisher | None:

@@ -3,9 +3,10 @@
 The drainer owns one plain Kombu connection to the inner broker (never the
 user's).  For every (re)connection it replays the declarations the records
 carry (exchanges, queues, bindings: a restarted broker may have forgotten them
-all), then publishes a batch through Kombu's own routing.  On Kombu versions
-that have it, the batch goes through the inner channel's ``PublishBatch``: one
-pipelined round trip per batch instead of one per message.
+all), then publishes a batch: on redis with default/direct exchanges through
+:mod:`celery_durable.redis_pipeline` (Kombu's routing, one pipeline per batch),
+otherwise through the inner channel's ``PublishBatch`` where Kombu has it, or
+one message at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from kombu import Connection
 
+from ..redis_pipeline import can_push, push
 from ..spill import SpillRecord
 
 __all__ = ["Forwarder"]
@@ -83,6 +85,9 @@ class Forwarder:
         channel = self._connect()
         for record in records:
             self._declare(channel, record.declarations)
+        if can_push(channel, {record.exchange for record in records}):
+            push(channel, [(_message(channel, r), r.exchange, r.routing_key) for r in records])
+            return
         create_batch = getattr(channel, "create_publish_batch", None)
         if create_batch is None:  # kombu < 5.7: one round trip per message
             for record in records:
