@@ -51,6 +51,9 @@ _RECORD_OVERHEAD = 512
 # How often an idle drainer looks for stores left by processes that died (or
 # exited with a backlog while the broker was down) since it started.
 ORPHAN_SCAN_INTERVAL = 5.0
+# Seconds a caught-up drainer waits for more messages before the next batch:
+# bounds drain cycles to ~200/s, adds at most this much latency in wal/buffered.
+DRAIN_LINGER = 0.005
 
 
 def broker_dir_name(inner_url: str) -> str:
@@ -236,6 +239,11 @@ class Spiller:
                 self.breaker.reset()
                 if self.options.drain_rate:
                     self._stopping.wait(moved / self.options.drain_rate)
+                elif moved < self.options.drain_batch:
+                    # Caught up: let a batch gather instead of forwarding each
+                    # message alone (in wal/buffered mode a cycle per publish
+                    # would take the GIL from the publishers it serves).
+                    self._stopping.wait(DRAIN_LINGER)
             else:
                 self._wake.wait(1.0)
 
