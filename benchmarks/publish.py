@@ -127,6 +127,26 @@ def run_child(config: dict[str, object], env: dict[str, str], timeout: float = 9
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def spill_then_adopt(
+    server: subprocess.Popen[bytes], port: int, n: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], dict, subprocess.Popen[bytes], float]:
+    """Kill redis, spill ``n`` messages in a process that then dies, restart redis,
+    and start a new process that adopts the store.  Returns (redis, spill stats,
+    adopter, monotonic time the adopter was started)."""
+    url = f"durable+redis://127.0.0.1:{port}/0"
+    server.kill()
+    server.wait()
+    spilled = run_child({"kind": "spill", "url": url, "n": n}, env, timeout=1800)
+    server = start_redis(port)
+    started = time.monotonic()
+    adopter = subprocess.Popen(
+        [sys.executable, __file__, "--child",
+         json.dumps({"kind": "adopt", "url": url, "n": 0, "hold": 600})],
+        env=env,
+    )  # fmt: skip
+    return server, spilled, adopter, started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000)
@@ -174,17 +194,7 @@ def main() -> None:
 
         # Drain rate: spill a backlog with the broker down, then bring it up.
         print(f"\ndrain: {args.backlog:,} spilled messages, then the broker comes back")
-        server.kill()
-        server.wait()
-        spilled = run_child({"kind": "spill", "url": f"durable+redis://127.0.0.1:{port}/0",
-                             "n": args.backlog}, env)  # fmt: skip
-        server = start_redis(port)
-        adopter = subprocess.Popen(
-            [sys.executable, __file__, "--child",
-             json.dumps({"kind": "adopt", "url": f"durable+redis://127.0.0.1:{port}/0",
-                         "n": 0, "hold": 600})],
-            env=env,
-        )  # fmt: skip
+        server, spilled, adopter, _ = spill_then_adopt(server, port, args.backlog, env)
         first = last = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -206,18 +216,7 @@ def main() -> None:
 
         # RSS with a big backlog, and start-up time of the process that adopts it.
         print(f"\nspill {args.spill:,} messages (broker down), then adopt them in a new process")
-        server.kill()
-        server.wait()
-        big = run_child({"kind": "spill", "url": f"durable+redis://127.0.0.1:{port}/0",
-                         "n": args.spill}, env, timeout=1800)  # fmt: skip
-        server = start_redis(port)
-        started = time.monotonic()
-        adopter = subprocess.Popen(
-            [sys.executable, __file__, "--child",
-             json.dumps({"kind": "adopt", "url": f"durable+redis://127.0.0.1:{port}/0",
-                         "n": 0, "hold": 600})],
-            env=env,
-        )  # fmt: skip
+        server, big, adopter, started = spill_then_adopt(server, port, args.spill, env)
         while client.llen("bench") == 0 and time.monotonic() - started < 120:
             time.sleep(0.005)
         startup = time.monotonic() - started
