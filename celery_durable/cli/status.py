@@ -13,6 +13,10 @@ from ..spill import list_stores
 from . import durable, fail, get_app
 
 
+def _age(created: float | None) -> float | None:
+    return None if created is None else round(time.time() - created, 1)
+
+
 def _broker_reachable(url: str, timeout: float) -> bool:
     """Probe the inner broker now (the breaker itself lives in each producer process)."""
     from kombu import Connection
@@ -44,6 +48,7 @@ def _spill_status(app: Any) -> dict[str, Any] | None:
                 "records": info.records,
                 "bytes": info.bytes,
                 "quarantined": info.quarantined,
+                "oldest_age_seconds": _age(info.oldest_created),
                 "error": info.error,
             }
         )
@@ -73,7 +78,7 @@ def _dump_status(app: Any) -> dict[str, Any]:
             "url": store.url,
             "dumps": len(entries),
             "parked": parked,
-            "oldest_age_seconds": None if oldest is None else round(time.time() - oldest, 1),
+            "oldest_age_seconds": _age(oldest),
             "quarantined": len(store.quarantined()),
         }
     finally:
@@ -104,7 +109,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  dir {spill['spill_dir']}")
         for s in spill["stores"]:
             alive = "alive" if s["alive"] else "dead (adoptable)"
-            click.echo(f"  {s['store']}: {alive}, {s['records']} records, {s['bytes']} bytes")
+            age = "" if s["oldest_age_seconds"] is None else f", oldest {s['oldest_age_seconds']} s"
+            click.echo(f"  {s['store']}: {alive}, {s['records']} records, {s['bytes']} bytes{age}")
     click.echo(
         f"dlq: {dumps['url']} dumps {dumps['dumps']} parked {dumps['parked']} "
         f"quarantined {dumps['quarantined']} oldest {dumps['oldest_age_seconds']} s"

@@ -18,7 +18,7 @@ from pathlib import Path
 import plyvel
 
 from ..exceptions import SpillError
-from .layout import StoreLocked, open_db, open_paths, read_state
+from .layout import StoreLocked, first_created, open_db, open_paths, read_state
 
 __all__ = ["StoreInfo", "find_orphans", "list_stores", "new_store_path", "parse_name"]
 
@@ -39,6 +39,8 @@ class StoreInfo:
     records: int | None = None
     bytes: int | None = None
     quarantined: int | None = None
+    #: ``created`` time of the oldest waiting record (None: empty or unreadable).
+    oldest_created: float | None = None
     error: str | None = None
 
 
@@ -113,6 +115,7 @@ def list_stores(spill_dir: str | os.PathLike[str]) -> list[StoreInfo]:
                 own.backlog_bytes,
                 own.quarantined,
             )
+            info.oldest_created = own.oldest_created
             infos.append(info)
             continue
         try:
@@ -129,6 +132,8 @@ def list_stores(spill_dir: str | os.PathLike[str]) -> list[StoreInfo]:
             state = read_state(db)
             info.records, info.bytes = state.records, state.nbytes
             info.quarantined = state.quarantined
+            if state.records:
+                info.oldest_created = first_created(db, state.acked)
         except (plyvel.Error, ValueError) as exc:
             info.error = f"cannot read counters: {exc}"
         finally:

@@ -175,3 +175,21 @@ def read_state(db: plyvel.DB) -> StoreState:
         # wrong): the data is the truth.
         state.mark_empty()
     return state
+
+
+def first_created(db: plyvel.DB, acked: int) -> float | None:
+    """``created`` of the oldest readable record after ``acked`` (None if there is none).
+
+    Seeks straight past the acknowledged range, never from the start of the
+    keyspace (tombstones).  Undecodable records are skipped: ``peek`` quarantines them.
+    """
+    from ..exceptions import CorruptRecord, VersionMismatch
+    from .record import decode
+
+    with db.iterator(start=rkey(acked + 1), stop=REC_END) as it:
+        for _key, value in it:
+            try:
+                return decode(value).created
+            except (CorruptRecord, VersionMismatch):
+                continue
+    return None

@@ -43,6 +43,7 @@ from .layout import (
     REC,
     REC_END,
     StoreLocked,
+    first_created,
     first_key,
     open_db,
     open_lock,
@@ -141,15 +142,7 @@ class SpillStore:
         if self._state.records <= 0 or self._closed:
             return None
         if not self._oldest_known:
-            oldest = None
-            with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
-                for _key, value in it:
-                    try:
-                        oldest = decode(value).created
-                        break
-                    except (CorruptRecord, VersionMismatch):
-                        continue  # peek() quarantines it
-            self._oldest, self._oldest_known = oldest, True
+            self._oldest, self._oldest_known = first_created(self._db, self._state.acked), True
         return self._oldest
 
     @property
