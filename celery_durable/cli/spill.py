@@ -6,6 +6,7 @@ default is ``$CELERY_DURABLE_DIR/spill`` (:func:`default_spill_dir`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,7 +65,8 @@ def _cell(value: int | None) -> str:
 
 def format_table(infos: Sequence[StoreInfo]) -> str:
     """The ``spill ls`` table: one store per row."""
-    header = ("STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED")
+    header = ("STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED", "OLDEST")
+    now = time.time()
     rows = [header]
     for info in infos:
         alive = "yes" if info.alive else "no"
@@ -79,6 +81,7 @@ def format_table(infos: Sequence[StoreInfo]) -> str:
                 _cell(info.records),
                 _cell(info.bytes),
                 _cell(info.quarantined),
+                "-" if info.oldest_created is None else f"{now - info.oldest_created:.0f}s",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
