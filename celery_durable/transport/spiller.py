@@ -230,6 +230,11 @@ class Spiller:
             except self.broker_errors as exc:
                 self._on_broker_error(exc)
                 continue
+            except SpillError as exc:  # disk full or failing: not the broker's fault
+                logger.error("celery-durable: spill store error, drainer retries: %s", exc)
+                if self._hurry.wait(self.breaker.backoff()):
+                    self._hurry.clear()
+                continue
             except Exception as exc:  # the drainer must outlive any bug
                 logger.exception("celery-durable: drainer error, retrying")
                 self._on_broker_error(exc)
@@ -274,7 +279,7 @@ class Spiller:
         own = self._store
         if own is not None and len(own):
             moved = self._forward_store(own)
-            if not len(own):
+            if self._store is not None and not len(self._store):  # (reopened, maybe)
                 self._leave_disk_mode()
             return moved
         if self.breaker.is_open:
@@ -304,15 +309,42 @@ class Spiller:
         return len(batch)
 
     def _forward_store(self, store: SpillStore) -> int:
+        if store.closed:
+            store = self._reopen(store)
         items = store.peek(self.options.drain_batch)
         if not items:
             return 0
         self.forwarder.forward([record for _, record in items])
-        store.ack(items[-1][0])
+        try:
+            store.ack(items[-1][0])
+        except SpillError:
+            # After a disk error LevelDB refuses every write until it is
+            # reopened; without a reopen this batch would be forwarded again and
+            # again.  (It is forwarded once more after the reopen: at least once.)
+            store.close()
+            raise
         metrics.DRAINED.inc(len(items))
         with self._room:
             self._room.notify_all()
         return len(items)
+
+    def _reopen(self, store: SpillStore) -> SpillStore:
+        """Open a store closed after a disk error again (raises SpillError while it fails)."""
+        if self._stopping.is_set():  # closed by close(), not by an error: leave it
+            raise SpillError(f"spill store {store.path} is closed (shutting down)")
+        with self._lock:
+            fresh = SpillStore(
+                store.path,
+                max_bytes=self.options.spill_max_bytes,
+                sync=self.options.spill_sync,
+                sync_interval=self.options.spill_sync_interval,
+            )
+            if store is self._store:
+                self._store = fresh
+            else:
+                self._adopted = [fresh if s is store else s for s in self._adopted]
+        logger.warning("celery-durable: spill store %s reopened after an error", store.path)
+        return fresh
 
     def _leave_disk_mode(self) -> None:
         if self.mode == "wal":
