@@ -5,6 +5,8 @@ Mounts a small tmpfs (needs root, as CI runs): a real ENOSPC from the kernel.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -85,4 +87,38 @@ def test_producer_on_a_full_disk_gets_spill_error_then_everything_drains(
             wait_for(lambda: server.client().llen("q") == accepted, timeout=60)
     finally:
         producer.release()
+        server.close()
+
+
+def test_drainer_survives_a_full_disk_and_duplicates_at_most_one_batch(small_disk: Path) -> None:
+    ballast = fill(small_disk, 2 << 20)
+    server = RedisServer()  # down while the disk fills
+    url = f"durable+redis://127.0.0.1:{server.port}/0"
+    options = {"spill_dir": str(small_disk / "spill"), "drain_batch": 100}
+    conn = Connection(url, transport_options=options)
+    accepted = 0
+    try:
+        with pytest.raises(SpillError):
+            while True:
+                conn.Producer().publish({"n": accepted, "pad": "x" * 900}, routing_key="q")
+                accepted += 1
+        # The broker returns while the disk is still full: the drainer forwards a
+        # batch, cannot delete it (LevelDB refuses writes), reopens and retries.
+        server.start()
+        client = server.client()
+        wait_for(lambda: client.llen("q") >= 1, timeout=30)
+        ballast.unlink()
+
+        def delivered() -> list[int]:
+            return [
+                json.loads(base64.b64decode(json.loads(raw)["body"]))["n"]
+                for raw in client.lrange("q", 0, -1)
+            ]
+
+        wait_for(lambda: set(delivered()) == set(range(accepted)), timeout=60)
+        total = len(delivered())
+        print(f"{accepted} accepted, {total} delivered, {total - accepted} duplicates")
+        assert total <= accepted + 100  # at most the one batch forwarded before the reopen
+    finally:
+        conn.release()
         server.close()
