@@ -128,7 +128,7 @@ class Spiller:
 
     def spill(self, record: SpillRecord, reason: str) -> None:
         """Append ``record`` to this process's store, behind any backlog."""
-        deadline: float | None = None
+        blocked_since: float | None = None
         while True:
             try:
                 with self._lock:
@@ -139,7 +139,7 @@ class Spiller:
                 metrics.SPILL_FULL.inc()
                 if self.options.spill_when_full != "block":
                     raise
-                deadline = self._wait_for_room(deadline)
+                blocked_since = self._wait_for_room(blocked_since)
         _spilled(reason).inc()
         thread = self._thread
         if thread is None or not thread.is_alive():
