@@ -45,7 +45,12 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         return
     from .settings import durable_settings
 
-    settings = durable_settings(app.conf)  # a bad durable_* setting fails start-up
+    # A bad durable_* setting or unknown durable_dlq_serializer raises here:
+    # Celery logs it as "Signal handler ... raised: ConfigError(...)" at start-up.
+    settings = durable_settings(app.conf)
+    from .dlq.codec import codec_for_app
+
+    codec_for_app(app)
     if settings["durable_dlq_all_tasks"]:
         from .dlq import install
 

@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.serialization import dumps, loads, prepare_accept_content
+from kombu.serialization import dumps, loads, prepare_accept_content, registry
 
-from ..exceptions import CorruptRecord, DumpError
+from ..exceptions import ConfigError, CorruptRecord, DumpError
 from .base import DumpEntry
 
 __all__ = ["Codec", "codec_for_app", "crc32"]
@@ -91,4 +91,11 @@ def codec_for_app(app: Any, serializer: str | None = None) -> Codec:
 
     conf = app.conf
     name = serializer or durable_settings(conf)["durable_dlq_serializer"]
+    known = sorted(registry.name_to_type)
+    if name not in known:
+        # Fail when the worker starts, not at the first failing task.
+        raise ConfigError(
+            f"durable_dlq_serializer={name!r}: no such Kombu serializer; "
+            f"registered: {', '.join(known)}"
+        )
     return Codec(name, conf.accept_content or ["json"])

@@ -188,3 +188,12 @@ def test_forked_child_starts_with_no_queue(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert open_store(app.conf.durable_dlq_url).count() == 0
     assert set(dumps(app)) == {parent_id}
+
+
+def test_unknown_serializer_is_a_config_error_naming_the_registered_ones(tmp_path: Path) -> None:
+    from celery_durable.dlq.codec import codec_for_app
+    from celery_durable.exceptions import ConfigError
+
+    app = make_app(tmp_path, durable_dlq_serializer="jsonn")
+    with pytest.raises(ConfigError, match=r"durable_dlq_serializer='jsonn'.*registered: .*json"):
+        codec_for_app(app)
