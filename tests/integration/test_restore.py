@@ -104,8 +104,10 @@ def test_one_beat_tick_restores_every_hosts_file_store(h: RestoreHarness, tmp_pa
     h.dlq_url = ""  # the default file:// store, under each worker's own CELERY_DURABLE_DIR
     h.every = 3.0
     dirs = {"qa": tmp_path / "host-a", "qb": tmp_path / "host-b"}
-    h.worker("a@host-a", "qa,durable-restore", CELERY_DURABLE_DIR=str(dirs["qa"]))
-    h.worker("b@host-b", "qb,durable-restore", CELERY_DURABLE_DIR=str(dirs["qb"]))
+    workers = [
+        h.worker("a@host-a", "qa,durable-restore", CELERY_DURABLE_DIR=str(dirs["qa"])),
+        h.worker("b@host-b", "qb,durable-restore", CELERY_DURABLE_DIR=str(dirs["qb"])),
+    ]
     ids = {q: h.send("restore_app.flaky", 15, queue=q) for q in dirs}
     urls = {q: (d / "dlq").resolve().as_uri() for q, d in dirs.items()}
     for q in dirs:
@@ -116,7 +118,11 @@ def test_one_beat_tick_restores_every_hosts_file_store(h: RestoreHarness, tmp_pa
     beat = h.beat()
     tick = "Sending due task celery-durable-restore"
     h.wait(lambda: tick in beat.output(), 60, "one beat tick")
-    beat.terminate()  # long before the next tick (every 3 s)
+    # Beat logs the tick before it publishes: stop it only once a worker has the
+    # task (SIGTERM in between would cancel the publish), long before the next tick.
+    received = "Task celery_durable.restore["
+    h.wait(lambda: any(received in w.output() for w in workers), 30, "the restore task received")
+    beat.terminate()
     assert beat.log.read_text().count(tick) == 1
     h.wait(lambda: set(ids["qa"] + ids["qb"]) <= set(h.runs()), 60, "both hosts' tasks")
     h.wait(lambda: not h.dumps(urls["qa"]) and not h.dumps(urls["qb"]), 30, "both stores empty")
