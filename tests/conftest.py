@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.redis_server import RedisServer
+from tests.integration.restore_support import RestoreHarness
 
 
 @pytest.fixture
@@ -24,3 +25,13 @@ def durable_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "durable"
     monkeypatch.setenv("CELERY_DURABLE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def h(redis_server: RedisServer, tmp_path: Path, durable_dir: Path) -> Iterator[RestoreHarness]:
+    """The restore tests' harness: broker, workers, beat and dump stores (restore_support)."""
+    harness = RestoreHarness(redis_server, tmp_path, durable_dir)
+    try:
+        yield harness
+    finally:
+        harness.close()

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from celery_durable.restore.runner import CHUNK
-from tests.helpers.redis_server import RedisServer
 from tests.integration.restore_support import RestoreHarness, flaky_dump
 
 pytestmark = pytest.mark.chaos
 
 TOTAL = 2000
 RATE = 1000.0  # msgs/s: a run of TOTAL takes ~2 s, in chunks of RATE / 10
-
-
-@pytest.fixture
-def h(redis_server: RedisServer, tmp_path: Path, durable_dir: Path) -> Iterator[RestoreHarness]:
-    harness = RestoreHarness(redis_server, tmp_path, durable_dir)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def test_sigkill_mid_batch_loses_nothing(h: RestoreHarness) -> None:

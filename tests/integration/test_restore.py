@@ -6,25 +6,13 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.redis_server import RedisServer
-
 from .restore_support import RestoreHarness, flaky_dump
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def h(redis_server: RedisServer, tmp_path: Path, durable_dir: Path) -> Iterator[RestoreHarness]:
-    harness = RestoreHarness(redis_server, tmp_path, durable_dir)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def test_thousand_dumped_tasks_succeed_after_the_fix(h: RestoreHarness) -> None:
