@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from celery.bin.base import CeleryOption
 
 from ..dlq.base import DumpEntry
 from ..exceptions import DurableError
-from . import fail, get_app
-from .dlq import dlq, open_cli_store, url_option
+from .base import DurableCommand, fail, get_app
+from .dlq import open_cli_store, url_option
+
+__all__ = ["restore_command"]
 
 
 def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) -> Any:
@@ -32,12 +35,38 @@ def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) 
     return select
 
 
-@dlq.command(name="restore")
+@click.command(name="restore", cls=DurableCommand)
 @click.argument("task_ids", nargs=-1)
-@click.option("--all", "restore_all", is_flag=True, help="Restore every dump.")
-@click.option("--task", "task_name", metavar="NAME", help="Restore the dumps of one task name.")
-@click.option("--dry-run", is_flag=True, help="Print what would be restored; change nothing.")
-@click.option("--force", is_flag=True, help="Ignore the per-queue rate control.")
+@click.option(
+    "--all",
+    "restore_all",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Selection Options",
+    help="Restore every dump.",
+)
+@click.option(
+    "--task",
+    "task_name",
+    cls=CeleryOption,
+    metavar="NAME",
+    help_group="Selection Options",
+    help="Restore the dumps of one task name.",
+)
+@click.option(
+    "--dry-run",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Restore Options",
+    help="Print what would be restored; change nothing.",
+)
+@click.option(
+    "--force",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Restore Options",
+    help="Ignore the per-queue rate control.",
+)
 @url_option
 @click.pass_context
 def restore_command(

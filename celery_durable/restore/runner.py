@@ -26,7 +26,7 @@ from kombu.exceptions import ChannelError
 from .. import metrics
 from ..dlq.base import DumpEntry, DumpStore
 from ..exceptions import DurableError, RestoreError
-from ..settings import durable_settings
+from ..settings import settings_for
 from .gate import QueueGate
 from .lock import RunLock, run_lock
 from .message import Republish, build_message
@@ -67,15 +67,15 @@ class RestoreOptions:
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> RestoreOptions:
-        s = durable_settings(app.conf)
+        s = settings_for(app)
         opts = cls(
-            batch=s["durable_restore_batch"],
-            rate=s["durable_restore_rate"],
-            backoff=s["durable_restore_backoff"],
-            max_attempts=s["durable_restore_max_attempts"],
-            allow_rate=s["durable_restore_allow_rate"],
-            capacity=s["durable_restore_queue_capacity"],
-            postpone_interval=s["durable_restore_postpone_interval"],
+            batch=s.restore_batch,
+            rate=s.restore_rate,
+            backoff=s.restore_backoff,
+            max_attempts=s.restore_max_attempts,
+            allow_rate=s.restore_allow_rate,
+            capacity=s.restore_queue_capacity,
+            postpone_interval=s.restore_postpone_interval,
         )
         for key, value in overrides.items():
             setattr(opts, key, value)
