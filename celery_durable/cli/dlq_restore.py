@@ -113,6 +113,13 @@ def restore_command(
     else:
         queues = ", ".join(f"{q}: {n}" for q, n in sorted(report.by_queue.items()))
         click.echo(f"restored {report.restored} dump(s)" + (f" ({queues})" if queues else ""))
+    if report.quarantined:
+        _, task_id, reason = report.quarantined[0]
+        more = f" and {len(report.quarantined) - 1} more" if len(report.quarantined) > 1 else ""
+        click.echo(
+            f"quarantined, not restored: task {task_id}: {reason}{more} (`dlq ls` lists them)",
+            err=True,
+        )
     missing = sorted(set(task_ids) - seen)
     if missing:
         fail(f"dlq restore: no dump for task id(s) {', '.join(missing)}")
