@@ -96,12 +96,14 @@ class _RedisLock:
 
         client_url, self.key = redis_lock_target(url)
         self._where = f"{self.key} on {maybe_sanitize_url(client_url)}"
-        self._errors = (redis.RedisError, OSError)
+        # TypeError/ValueError: a URL argument redis-py does not take, raised when
+        # it first connects.  LockError (expired, taken over) is a RedisError.
+        self._errors = (redis.RedisError, OSError, TypeError, ValueError)
         try:
             self._client = redis.Redis.from_url(
                 client_url, socket_timeout=5, socket_connect_timeout=5
             )
-        except (ValueError, TypeError) as exc:  # a query argument redis-py does not take
+        except self._errors as exc:
             raise RestoreError(f"restore lock: bad redis URL for {self._where}: {exc}") from exc
         self._lock: Any = self._client.lock(self.key, timeout=REDIS_LOCK_TTL)
 
@@ -114,7 +116,7 @@ class _RedisLock:
     def refresh(self) -> None:
         try:
             self._lock.reacquire()
-        except self._errors as exc:  # LockError (expired, taken over) is a RedisError
+        except self._errors as exc:
             raise RestoreError(f"lost the restore lock {self._where}: {exc}") from exc
 
     def release(self) -> None:
