@@ -81,7 +81,7 @@ def test_restore_all_restores_the_good_dumps_around_a_malformed_one(
     good = [entry(f"good-{i}", 10) for i in range(5)]
     bad = entry("bad", 10)
     bad.restores = "many"  # type: ignore[assignment]
-    store.write(good[:2] + [bad] + good[2:])  # straight into the store: no import checks
+    store.write([*good[:2], bad, *good[2:]])  # straight into the store: no import checks
 
     rc, out = run(tmp_path, "dlq", "ls", **env)
     assert rc == 0, out

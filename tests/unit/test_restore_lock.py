@@ -22,7 +22,8 @@ def test_lock_key_follows_the_store_prefix() -> None:
 
 def test_an_unreachable_redis_is_a_restore_error_naming_the_lock() -> None:
     lock = run_lock(f"redis://:secret@127.0.0.1:{free_port()}/0?prefix=fleet-a")
-    with pytest.raises(RestoreError, match="cannot take the restore lock fleet-a:restore-lock") as e:
+    expected = "cannot take the restore lock fleet-a:restore-lock"
+    with pytest.raises(RestoreError, match=expected) as e:
         lock.acquire()
     assert "secret" not in str(e.value)
     lock.release()
@@ -30,7 +31,7 @@ def test_an_unreachable_redis_is_a_restore_error_naming_the_lock() -> None:
 
 def test_a_bad_redis_url_is_a_restore_error() -> None:
     lock = run_lock("redis://127.0.0.1:1/0?prefix=x&no_such_option=1")
-    with pytest.raises(RestoreError, match="x:restore-lock.*no_such_option"):
+    with pytest.raises(RestoreError, match=r"x:restore-lock.*no_such_option"):
         lock.acquire()
 
 
