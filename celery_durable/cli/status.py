@@ -48,7 +48,7 @@ def _broker_reachable(url: str, timeout: float) -> bool:
 
     conn = Connection(url, connect_timeout=timeout, transport_options={"socket_timeout": timeout})
     try:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
         return True
     except Exception:  # any failure to connect means "not reachable" here
         return False
