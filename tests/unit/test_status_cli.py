@@ -84,7 +84,7 @@ def test_producers_breakers_come_from_their_metrics(
     producers: tuple[Path, list[subprocess.Popen[str]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    metrics_dir, (tripped, healthy) = producers
+    metrics_dir, (tripped, _healthy) = producers
     found = producer_breakers(str(metrics_dir))
     assert found is not None
     assert found["processes"] == [
