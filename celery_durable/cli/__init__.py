@@ -48,3 +48,4 @@ dlq.dlq.add_command(dlq_restore.restore_command)
 durable.add_command(status.status)
 durable.add_command(spill.spill)
 durable.add_command(dlq.dlq)
+# `durable web` (cli/web.py): import `web` above and add it here, one line like those.

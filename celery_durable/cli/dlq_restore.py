@@ -14,7 +14,6 @@ import click
 from celery.bin.base import CeleryOption
 
 from ..dlq.base import DumpEntry
-from ..exceptions import DurableError
 from .base import DurableCommand, fail, get_app
 from .dlq import open_cli_store, url_option
 
@@ -85,19 +84,15 @@ def restore_command(
 
     app = get_app(ctx)
     seen: set[str] = set()
-    try:
-        options = RestoreOptions.from_app(
-            app, batch=None, ignore_backoff=True, include_parked=True, force=force
-        )
-    except DurableError as exc:
-        fail(f"dlq restore: {exc}")
+    # Errors (a bad setting, the broker, the lock) are one line at the command boundary.
+    options = RestoreOptions.from_app(
+        app, batch=None, ignore_backoff=True, include_parked=True, force=force
+    )
     store = open_cli_store(ctx, url)
     try:
         report = restore(
             app, store, options, select=_selector(task_ids, task_name, seen), dry_run=dry_run
         )
-    except DurableError as exc:
-        fail(f"dlq restore: {exc}")
     finally:
         store.close()
     if report.busy:
