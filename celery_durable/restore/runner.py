@@ -173,6 +173,11 @@ def _note_parked(entry: DumpEntry) -> None:
     )
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` (some libraries' reprs say less, e.g. ``network:ConnectionError``)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _quarantine(entry: DumpEntry, reason: str, report: RestoreReport) -> None:
     """Skip ``entry`` for good (until fixed by hand); count and log it once per process."""
     report.quarantined.append((str(entry.entry_id), repr(entry.task_id)[:80], reason))
@@ -224,7 +229,7 @@ def _plan(
         try:
             message = build_message(entry, app)
         except Exception as exc:  # well-typed but still not a message we can build
-            _quarantine(entry, f"cannot build its message: {exc!r}", report)
+            _quarantine(entry, f"cannot build its message: {_describe(exc)}", report)
             continue
         if not gate.admit(message.queue):
             report.postponed[message.queue] += 1
@@ -260,7 +265,9 @@ def _encodable(chunk: list[Republish], serializer: str, report: RestoreReport) -
         try:
             serialize(m.body, serializer=serializer)
         except Exception as exc:  # kombu raises EncodeError, serializers anything
-            _quarantine(m.entry, f"cannot serialize its body with {serializer}: {exc!r}", report)
+            _quarantine(
+                m.entry, f"cannot serialize its body with {serializer}: {_describe(exc)}", report
+            )
             continue
         keep.append(m)
     return keep
@@ -316,7 +323,7 @@ def restore(
         raise
     except Exception as exc:  # the broker, while planning (queue lengths)
         metrics.RESTORE_ERRORS.inc()
-        raise RestoreError(f"restore run failed: {exc!r}") from exc
+        raise RestoreError(f"restore run failed: {_describe(exc)}") from exc
     finally:
         lock.release()
         if not dry_run:
@@ -368,7 +375,7 @@ def _publish(
         except Exception as exc:
             report.errors += len(chunk)
             metrics.RESTORE_ERRORS.inc(len(chunk))
-            report.error = f"publish failed after {report.restored} restored: {exc!r}"
+            report.error = f"publish failed after {report.restored} restored: {_describe(exc)}"
             report.lag = max(report.lag, time.time() - chunk[0].entry.failed_at)
             logger.error("restore: %s", report.error)
             return
@@ -380,7 +387,9 @@ def _publish(
             # Published but not deleted: the next run publishes these again.
             report.errors += len(chunk)
             metrics.RESTORE_ERRORS.inc(len(chunk))
-            report.error = f"published {len(chunk)} dumps but could not delete them: {exc!r}"
+            report.error = (
+                f"published {len(chunk)} dumps but could not delete them: {_describe(exc)}"
+            )
             logger.error("restore: %s", report.error)
             return
         report.restored += len(chunk)
@@ -393,6 +402,8 @@ def _publish(
         except Exception as exc:
             # Expired (a publish stalled longer than its TTL): another run may own
             # the store now, so stop rather than publish the same dumps twice.
-            report.error = f"lost the restore lock after {report.restored} restored: {exc!r}"
+            report.error = (
+                f"lost the restore lock after {report.restored} restored: {_describe(exc)}"
+            )
             logger.error("restore: %s", report.error)
             return
