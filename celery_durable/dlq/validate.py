@@ -91,7 +91,8 @@ def _embed_problem(embed: Any) -> str | None:
 
 def quarantined_entry(store_url: str, entry: DumpEntry, reason: str) -> QuarantinedDump:
     """How a malformed entry is reported next to the store's own quarantined dumps."""
-    return QuarantinedDump(f"{store_url} entry {entry.entry_id} (task {entry.task_id!r})", reason)
+    task = repr(entry.task_id)[:80]
+    return QuarantinedDump(f"{store_url} entry {entry.entry_id} (task {task})", reason)
 
 
 def split_valid(

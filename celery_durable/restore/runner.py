@@ -180,17 +180,18 @@ def _describe(exc: BaseException) -> str:
 
 def _quarantine(entry: DumpEntry, reason: str, report: RestoreReport) -> None:
     """Skip ``entry`` for good (until fixed by hand); count and log it once per process."""
-    report.quarantined.append((str(entry.entry_id), repr(entry.task_id)[:80], reason))
-    if entry.entry_id in _SEEN_QUARANTINED:
+    key = str(entry.entry_id)
+    report.quarantined.append((key, repr(entry.task_id)[:80], reason))
+    if key in _SEEN_QUARANTINED:
         return
     if len(_SEEN_QUARANTINED) >= _SEEN_PARKED_MAX:
         _SEEN_QUARANTINED.clear()
-    _SEEN_QUARANTINED.add(entry.entry_id)
+    _SEEN_QUARANTINED.add(key)
     metrics.CORRUPT_RECORDS.labels(store="dlq").inc()
     logger.error(
-        "restore: dump %s (task %r) quarantined, not restored: %s",
-        entry.entry_id,
-        entry.task_id,
+        "restore: dump %s (task %s) quarantined, not restored: %s",
+        key,
+        repr(entry.task_id)[:80],
         reason,
     )
 
