@@ -88,10 +88,16 @@ class Transport(base.Transport):
     def __new__(cls, client: Any, **kwargs: Any) -> Any:
         url = _inner_url(client)
         scheme = url.split("://", 1)[0]
+        # -- durable+sentinel:// (Redis Sentinel): everything is in .sentinel --
+        if scheme == "sentinel":
+            from .sentinel import DurableSentinelTransport
+
+            return DurableSentinelTransport(client, **kwargs)
+        # -- end durable+sentinel:// --
         if _INNER.get(scheme) != "redis":
             raise ConfigError(
                 f"durable transport: unsupported inner broker {scheme!r} in {scheme}://...; "
-                "supported: durable+redis://, durable+rediss://"
+                "supported: durable+redis://, durable+rediss://, durable+sentinel://"
             )
         options, inner_options = split_options(client.transport_options)
         from .redis import DurableRedisTransport
