@@ -224,3 +224,22 @@ class SentinelCluster:
 
     def start_sentinel(self, index: int) -> None:
         self.sentinels[index].start()
+
+    # -- replication -----------------------------------------------------------------
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Wait until the replica has every write the master has (its offset caught up)."""
+
+        def caught_up() -> bool:
+            try:
+                offset = int(self.master().client().info("replication")["master_repl_offset"])
+                replica = self.replica().client().info("replication")
+            except redis.RedisError:
+                return False
+            return int(replica.get("slave_repl_offset", -1)) >= offset
+
+        wait_for(caught_up, timeout=timeout, interval=0.1, message="replica caught up")
+
+    def dump_store_url(self, db: int = 2) -> str:
+        """A ``redis+sentinel://`` dump store URL on this cluster's master (database ``db``)."""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{db}?master_name={MASTER_NAME}"

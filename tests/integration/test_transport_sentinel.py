@@ -8,14 +8,17 @@ same processes as the durable+redis:// tests (``durable_app``), pointed at
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 
-from tests.helpers.processes import Proc, python
+from celery_durable.dlq import open_store
+from tests.helpers.processes import Proc, celery, python, wait_ready
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sentinel_cluster import SentinelCluster
 from tests.helpers.wait import wait_for
@@ -179,3 +182,60 @@ def test_worker_resumes_consuming_after_failover(ha: SentinelSetup) -> None:
     ha.wait_arrived({("after", seq) for seq in range(200)}, timeout=180)
     assert worker.alive(), worker.output()[-3000:]
     assert worker.output().count(" ready.") == 1  # never restarted
+
+
+def test_dead_letters_captured_and_restored_across_a_failover(ha: SentinelSetup) -> None:
+    """Capture to a redis+sentinel:// dump store, fail over, then list and restore with the
+    CLI through Sentinel (restore lock, gate and publish): every dump runs again, once."""
+    dlq_url = ha.sentinel.dump_store_url()
+    env = {
+        "HA_BROKER": ha.broker_url,
+        "HA_TRANSPORT_OPTIONS": json.dumps(ha.transport_options),
+        "HA_DLQ_URL": dlq_url,
+        "HA_RESULTS": ha.results.url,
+        "CELERY_DURABLE_DIR": str(ha.durable_dir),
+    }
+
+    def cli(*args: str) -> tuple[int, str]:
+        proc = celery("-A", "sentinel_dlq_app", "durable", *args,
+                      log=ha.tmp_path / "cli.log", env=env, cwd=HERE)  # fmt: skip
+        rc = proc.wait(timeout=120)
+        return rc, proc.output()
+
+    worker = celery(
+        "-A", "sentinel_dlq_app", "worker", "-P", "solo", "-Q", "ha", "--loglevel=INFO",
+        "--without-mingle", "--without-gossip", "--without-heartbeat",
+        log=ha.tmp_path / "dlq-worker.log", env=env, cwd=HERE,
+    )  # fmt: skip
+    wait_ready(worker)
+    ha.procs.append(worker)
+    client = Celery("ha-client", broker=ha.broker_url, set_as_current=False)
+    client.conf.broker_transport_options = dict(ha.transport_options)
+    ids = {client.send_task("ha.flaky", (n,), queue="ha").id for n in range(20)}
+    wait_for(
+        lambda: ids <= {e.task_id for e in open_store(dlq_url).entries()},
+        timeout=90,
+        message=lambda: f"20 dumps; worker log:\n{worker.output()[-3000:]}",
+    )
+    client.close()
+    ha.sentinel.wait_replicated()
+    old = ha.sentinel.kill_master()
+    ha.sentinel.wait_failover(old.port)
+
+    rc, out = cli("dlq", "ls")
+    assert rc == 0 and "20 dumps" in out, out
+    ha.results.client().set("fixed", 1)
+    rc, out = cli("dlq", "restore", "--all")
+    assert rc == 0, out
+    wait_for(
+        lambda: (
+            sorted(int(n) for n in ha.results.client().lrange("succeeded", 0, -1))
+            == list(range(20))
+        ),
+        timeout=120,
+        message=lambda: f"20 restored runs; worker log:\n{worker.output()[-3000:]}",
+    )
+    assert not list(open_store(dlq_url).entries())
+    rc, out = cli("status")
+    assert rc == 0 and "reachable" in out and "unreachable" not in out, out
+    assert worker.alive()
