@@ -16,6 +16,7 @@ which the store and the lock report like any other redis error.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -74,6 +75,7 @@ def display_url(url: str) -> str:
 
 
 def _masked(url: str) -> str:
+    url = re.sub(r"(sentinel_password=)[^&]*", r"\1***", url)
     head, sep, rest = url.partition("://")
     if "@" not in rest.split("/", 1)[0]:
         return url
