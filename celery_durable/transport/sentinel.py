@@ -26,6 +26,8 @@ window and the consumer's "needs a live broker" rule are the same code as
   ``sentinel://`` alternate would swap this transport for Kombu's plain one).
 * The drainer's connection is a fresh Kombu Sentinel connection after every
   failure, so the backlog goes to the master Sentinel names *now*.
+* A master that refuses writes for want of replicas (``NOREPLICAS``, with
+  ``min-replicas-to-write``) is down too: :class:`NoReplicasIsDown`.
 * Spill stores are keyed by master name, database and the (sorted) Sentinel
   set, never by a master's address: a store written before a failover is the
   same store after it (:func:`spill_identity`).
@@ -193,8 +195,42 @@ def _masked(url: str) -> str:
     return f"{head}://***@{rest.split('@', 1)[1]}"
 
 
+class NoReplicasIsDown:
+    """Mixin for redis-py connections: a master refusing writes it cannot replicate is down.
+
+    With ``min-replicas-to-write`` (the guard against losing acknowledged writes
+    in a failover, see docs/high-availability.md) a master without enough
+    replicas answers writes with ``NOREPLICAS``, a plain ``ResponseError``: the
+    publish would raise to the caller, the drainer would log a traceback.  As a
+    ``ConnectionError`` it is an outage: publishes spill, the drainer backs off.
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis_py.exceptions.ResponseError as exc:
+            if not str(exc).startswith("NOREPLICAS"):
+                raise
+            self.disconnect()  # type: ignore[attr-defined]  # replies may be pending
+            raise redis_py.exceptions.ConnectionError(f"master refuses writes: {exc}") from exc
+
+
+class _MasterConnection(NoReplicasIsDown, redis_sentinel.SentinelManagedConnection):
+    pass
+
+
+_SSL_BASE: Any = getattr(kombu_redis, "SentinelManagedSSLConnection", None)  # kombu >= 5.5
+_MasterSSLConnection: Any = (
+    type("_MasterSSLConnection", (NoReplicasIsDown, _SSL_BASE), {}) if _SSL_BASE else None
+)
+
+
 class GuardedSentinelChannel(GuardedRedisChannel, kombu_redis.SentinelChannel):
     """Kombu's Sentinel channel plus the route guard (the drainer's)."""
+
+    connection_class = _MasterConnection
+    if _MasterSSLConnection is not None:
+        connection_class_ssl = _MasterSSLConnection
 
 
 class GuardedSentinelTransport(kombu_redis.SentinelTransport):
@@ -207,6 +243,9 @@ class DurableSentinelChannel(DurableRedisChannel, kombu_redis.SentinelChannel):
     """A Sentinel channel whose publishes never block on, or fail with, a failover."""
 
     connection: DurableSentinelTransport
+    connection_class = _MasterConnection
+    if _MasterSSLConnection is not None:
+        connection_class_ssl = _MasterSSLConnection
     sentinel_kwargs: Any = None
     min_other_sentinels = 0
 

@@ -80,7 +80,11 @@ class SentinelCluster:
     """Master + replica + ``n`` Sentinels, all on loopback, in a temporary directory."""
 
     def __init__(
-        self, sentinels: int = 3, down_after_ms: int = 1000, failover_timeout_ms: int = 3000
+        self,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        server_args: tuple[str, ...] = (),
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="durable-sentinel-"))
         self.master_name = MASTER_NAME
@@ -98,6 +102,7 @@ class SentinelCluster:
                 "--protected-mode", "no", "--save", "", "--appendonly", "no",
                 "--dir", str(data),
             ]  # fmt: skip
+            argv += list(server_args)  # e.g. --min-replicas-to-write 1
             if replica_of is not None:
                 argv += ["--replicaof", "127.0.0.1", str(replica_of)]
             self.servers.append(_Node(argv, port, self.dir / f"server{i}.log"))

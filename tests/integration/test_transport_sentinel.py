@@ -34,13 +34,13 @@ TRIPPED = "unreachable ("
 class SentinelSetup(Cluster):
     """The integration Cluster with a Sentinel-managed broker instead of one redis."""
 
-    def __init__(self, tmp_path: Path, durable_dir: Path) -> None:
+    def __init__(self, tmp_path: Path, durable_dir: Path, **cluster: Any) -> None:
         # Not Cluster.__init__: no single redis broker here.
         self.tmp_path = tmp_path
         self.durable_dir = durable_dir
         self.procs: list[Proc] = []
         self.results = RedisServer().start()
-        self.sentinel = SentinelCluster()
+        self.sentinel = SentinelCluster(**cluster)
         try:
             self.sentinel.start()
         except BaseException:
@@ -239,3 +239,32 @@ def test_dead_letters_captured_and_restored_across_a_failover(ha: SentinelSetup)
     rc, out = cli("status")
     assert rc == 0 and "reachable" in out and "unreachable" not in out, out
     assert worker.alive()
+
+
+def test_master_without_replicas_refusing_writes_is_an_outage(
+    tmp_path: Path, durable_dir: Path
+) -> None:
+    """With min-replicas-to-write (the replication guard in the docs) a master that lost
+    its replica answers NOREPLICAS: publishes spill instead of raising, and drain once the
+    replica is back."""
+    ha = SentinelSetup(
+        tmp_path, durable_dir, server_args=("--min-replicas-to-write", "1",
+                                             "--min-replicas-max-lag", "10"),
+    )  # fmt: skip
+    try:
+        replica = ha.sentinel.replica()
+        replica.kill()
+        wait_for(
+            lambda: int(ha.sentinel.master().client().info("replication")["connected_slaves"]) == 0,
+            timeout=30,
+        )
+        p = ha.producer("noreplicas", 300)
+        assert p.wait(120) == 0, p.output()[-2000:]  # no ResponseError raised to apply_async
+        assert TRIPPED in p.output() and "NOREPLICAS" in p.output(), p.output()[-2000:]
+        replica.start()
+        ha.sentinel.wait_replicated()
+        ha.worker("--pool=solo")
+        ha.wait_arrived({("noreplicas", seq) for seq in range(300)}, timeout=180)
+        assert_ordered(ha.arrivals(redelivered=False))
+    finally:
+        ha.close()
