@@ -104,6 +104,9 @@ def test_a_sentinel_set_is_not_failover_urls() -> None:
     conn.maybe_switch_next()
     assert conn.transport is transport
     assert len(conn.alt) == 2  # info()/clone() keep every Sentinel
+    clone = conn.clone()
+    assert isinstance(clone.transport, DurableSentinelTransport)
+    assert clone.transport.sentinel_broker == transport.sentinel_broker
 
 
 def test_missing_master_name_is_a_config_error() -> None:
