@@ -290,6 +290,7 @@ class DurableSentinelTransport(DurableRedisTransport, kombu_redis.SentinelTransp
 
     Channel = DurableSentinelChannel
     default_port = DEFAULT_PORT
+    can_parse_url = True  # Connection.as_uri() asks as_uri() below: every Sentinel
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         options, inner_options = split_options(client.transport_options or {})
@@ -307,12 +308,26 @@ class DurableSentinelTransport(DurableRedisTransport, kombu_redis.SentinelTransp
             **kwargs,
         )
 
+    def establish_connection(self) -> Any:
+        # A Sentinel set is one broker: never a round over "failover URLs".
+        return super(DurableRedisTransport, self).establish_connection()
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        """``durable+sentinel://h1:26379/0;sentinel://h2:26379/0...``: every Sentinel."""
+        url = "durable+" + self.sentinel_broker.url
+        if not include_password and self.sentinel_broker.password:
+            url = url.replace(f":{self.sentinel_broker.password}@", f":{mask}@")
+        return url
+
     def _new_spiller(self) -> Spiller:
+        broker = self.sentinel_broker
         inner_options = dict(self._inner_options)
         inner_options["sentinel_kwargs"] = _sentinel_kwargs(
             inner_options.get("sentinel_kwargs"), {}, self.options.publish_timeout
         )
+        # The drainer reconnects through every Sentinel (broker.url), and the
+        # stores are named by master and Sentinel set (broker.identity).
         forwarder = Forwarder(
-            self.inner_url, inner_options, GuardedSentinelTransport, self.options.publish_timeout
+            broker.url, inner_options, GuardedSentinelTransport, self.options.publish_timeout
         )
-        return Spiller(self.sentinel_broker.identity, self.options, forwarder, BROKER_DOWN)
+        return Spiller(broker.identity, self.options, forwarder, BROKER_DOWN)

@@ -166,3 +166,13 @@ def test_cli_config_finds_the_transports_store_directory(tmp_path: Path) -> None
         "durable+" + conn.transport.inner_url, conn.transport.inner_url, ours, inner
     )
     assert config.store_dir == spiller.spill_dir
+
+
+def test_as_uri_names_every_sentinel_and_hides_the_password() -> None:
+    p1, p2 = _ports(2)
+    conn = Connection(
+        f"durable+sentinel://:pw@127.0.0.1:{p1};sentinel://127.0.0.1:{p2}/1", transport_options=OPTS
+    )
+    uri = conn.as_uri()
+    assert uri == f"durable+sentinel://:**@127.0.0.1:{p1}/1;sentinel://:**@127.0.0.1:{p2}/1"
+    assert "pw" in conn.transport.as_uri("", include_password=True)
