@@ -206,17 +206,50 @@ def test_worker_resumes_consuming_after_failover(ha: SentinelSetup) -> None:
     assert worker.output().count(" ready.") == 1  # never restarted
 
 
+def _dlq_env(ha: SentinelSetup, **extra: str) -> dict[str, str]:
+    return {
+        "HA_BROKER": ha.broker_url,
+        "HA_TRANSPORT_OPTIONS": json.dumps(ha.transport_options),
+        "HA_DLQ_URL": ha.sentinel.dump_store_url(),
+        "HA_RESULTS": ha.results.url,
+        "CELERY_DURABLE_DIR": str(ha.durable_dir),
+        **extra,
+    }
+
+
+def _dlq_worker(ha: SentinelSetup, env: dict[str, str]) -> Proc:
+    worker = celery(
+        "-A", "sentinel_dlq_app", "worker", "-P", "solo", "-Q", "ha", "--loglevel=INFO",
+        "--without-mingle", "--without-gossip", "--without-heartbeat",
+        log=ha.tmp_path / "dlq-worker.log", env=env, cwd=HERE,
+    )  # fmt: skip
+    ha.procs.append(worker)
+    return wait_ready(worker)
+
+
+def _dump_failures(ha: SentinelSetup, worker: Proc, count: int) -> None:
+    """Send ``count`` ha.flaky tasks and wait until each one is dumped."""
+    dlq_url = ha.sentinel.dump_store_url()
+    client = Celery("ha-client", broker=ha.broker_url, set_as_current=False)
+    client.conf.broker_transport_options = dict(ha.transport_options)
+    ids = {client.send_task("ha.flaky", (n,), queue="ha").id for n in range(count)}
+    wait_for(
+        lambda: ids <= {e.task_id for e in open_store(dlq_url).entries()},
+        timeout=90,
+        message=lambda: f"{count} dumps; worker log:\n{worker.output()[-3000:]}",
+    )
+    client.close()
+
+
+def _succeeded(ha: SentinelSetup) -> list[int]:
+    return sorted(int(n) for n in ha.results.client().lrange("succeeded", 0, -1))
+
+
 def test_dead_letters_captured_and_restored_across_a_failover(ha: SentinelSetup) -> None:
     """Capture to a redis+sentinel:// dump store, fail over, then list and restore with the
     CLI through Sentinel (restore lock, gate and publish): every dump runs again, once."""
     dlq_url = ha.sentinel.dump_store_url()
-    env = {
-        "HA_BROKER": ha.broker_url,
-        "HA_TRANSPORT_OPTIONS": json.dumps(ha.transport_options),
-        "HA_DLQ_URL": dlq_url,
-        "HA_RESULTS": ha.results.url,
-        "CELERY_DURABLE_DIR": str(ha.durable_dir),
-    }
+    env = _dlq_env(ha)
 
     def cli(*args: str) -> tuple[int, str]:
         proc = celery("-A", "sentinel_dlq_app", "durable", *args,
@@ -224,22 +257,8 @@ def test_dead_letters_captured_and_restored_across_a_failover(ha: SentinelSetup)
         rc = proc.wait(timeout=120)
         return rc, proc.output()
 
-    worker = celery(
-        "-A", "sentinel_dlq_app", "worker", "-P", "solo", "-Q", "ha", "--loglevel=INFO",
-        "--without-mingle", "--without-gossip", "--without-heartbeat",
-        log=ha.tmp_path / "dlq-worker.log", env=env, cwd=HERE,
-    )  # fmt: skip
-    wait_ready(worker)
-    ha.procs.append(worker)
-    client = Celery("ha-client", broker=ha.broker_url, set_as_current=False)
-    client.conf.broker_transport_options = dict(ha.transport_options)
-    ids = {client.send_task("ha.flaky", (n,), queue="ha").id for n in range(20)}
-    wait_for(
-        lambda: ids <= {e.task_id for e in open_store(dlq_url).entries()},
-        timeout=90,
-        message=lambda: f"20 dumps; worker log:\n{worker.output()[-3000:]}",
-    )
-    client.close()
+    worker = _dlq_worker(ha, env)
+    _dump_failures(ha, worker, 20)
     ha.sentinel.wait_replicated()
     old = ha.sentinel.kill_master()
     ha.sentinel.wait_failover(old.port)
@@ -250,10 +269,7 @@ def test_dead_letters_captured_and_restored_across_a_failover(ha: SentinelSetup)
     rc, out = cli("dlq", "restore", "--all")
     assert rc == 0, out
     wait_for(
-        lambda: (
-            sorted(int(n) for n in ha.results.client().lrange("succeeded", 0, -1))
-            == list(range(20))
-        ),
+        lambda: _succeeded(ha) == list(range(20)),
         timeout=120,
         message=lambda: f"20 restored runs; worker log:\n{worker.output()[-3000:]}",
     )
@@ -290,3 +306,29 @@ def test_master_without_replicas_refusing_writes_is_an_outage(
         assert_ordered(ha.arrivals(redelivered=False))
     finally:
         ha.close()
+
+
+def test_beat_restores_dead_letters_after_a_failover(ha: SentinelSetup) -> None:
+    """The beat restore task (celery_durable.restore on a worker) through Sentinel."""
+    env = _dlq_env(ha, HA_RESTORE_EVERY="1.0")
+    worker = _dlq_worker(ha, env)
+    _dump_failures(ha, worker, 10)
+    ha.sentinel.wait_replicated()
+    old = ha.sentinel.kill_master()
+    ha.sentinel.wait_failover(old.port)
+    ha.results.client().set("fixed", 1)
+    beat = celery(
+        "-A", "sentinel_dlq_app", "beat", "--loglevel=INFO",
+        "--schedule", str(ha.tmp_path / "beat-schedule"),
+        log=ha.tmp_path / "beat.log", env=env, cwd=HERE,
+    )  # fmt: skip
+    ha.procs.append(beat)
+    wait_for(
+        lambda: _succeeded(ha) == list(range(10)),
+        timeout=120,
+        message=lambda: (
+            f"10 restored runs; beat:\n{beat.output()[-2000:]}\nworker:\n{worker.output()[-3000:]}"
+        ),
+    )
+    assert not list(open_store(ha.sentinel.dump_store_url()).entries())
+    assert worker.alive()
