@@ -36,10 +36,10 @@ window and the consumer's "needs a live broker" rule are the same code as
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis as redis_py
 from kombu.transport import redis as kombu_redis
@@ -61,8 +61,6 @@ __all__ = [
     "sentinel_broker",
     "spill_identity",
 ]
-
-logger = logging.getLogger(__name__)
 
 SCHEME = "sentinel"
 DEFAULT_PORT = 26379
@@ -101,7 +99,8 @@ class SentinelBroker:
         hosts = ",".join(f"{host}:{port}" for host, port in sorted(set(self.sentinels)))
         digest = hashlib.sha1(hosts.encode()).hexdigest()[:8]
         # broker_dir_name() shows scheme, "host" (the master name) and database.
-        return f"sentinel://{self.master_name}/{self.db}?sentinels={digest}"
+        master = quote(self.master_name, safe="")  # any name parses as a host
+        return f"sentinel://{master}/{self.db}?sentinels={digest}"
 
 
 def sentinel_broker(client: Any, inner_options: Mapping[str, Any]) -> SentinelBroker:

@@ -152,6 +152,8 @@ def test_stores_are_keyed_by_master_name_and_sentinel_set() -> None:
     # The CLI finds the same directory from the connection URL and options.
     assert spill_identity(a.url, OPTS) == a.identity
     assert spill_identity("redis://h:1/0", OPTS) == "redis://h:1/0"
+    odd = broker_from_urls(["sentinel://h1:1/0"], {"master_name": "a:b/c d@e"})
+    assert broker_dir_name(odd.identity).startswith("sentinel-a_b_c_d_e-")
 
 
 def test_cli_config_finds_the_transports_store_directory(tmp_path: Path) -> None:
