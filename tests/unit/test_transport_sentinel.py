@@ -162,12 +162,13 @@ def test_cli_config_finds_the_transports_store_directory(tmp_path: Path) -> None
     conn = Connection(
         f"durable+sentinel://127.0.0.1:{p1};sentinel://127.0.0.1:{p2}/0", transport_options=options
     )
-    spiller = conn.transport.spiller
+    with conn.Producer() as producer:  # every Sentinel down: the message spills
+        producer.publish({"n": 1}, routing_key="q")
     ours, inner = split_options(options)
     config = DurableConfig(
         "durable+" + conn.transport.inner_url, conn.transport.inner_url, ours, inner
     )
-    assert config.store_dir == spiller.spill_dir
+    assert [p.parent for p in tmp_path.glob("*/*")] == [config.store_dir]
 
 
 def test_as_uri_names_every_sentinel_and_hides_the_password() -> None:
