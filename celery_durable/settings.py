@@ -46,6 +46,14 @@ SETTINGS: tuple[Option, ...] = (
         "durable_dlq_version", int, 1, "Dump format version written in every segment header.", min=1
     ),
     Option("durable_dlq_serializer", str, "json", "Kombu serializer used to encode dumps."),
+    Option(
+        "durable_dlq_wal_max_bytes",
+        int,
+        1 << 30,
+        "Bound of each process's dump write-ahead log (dumps the dump store has not "
+        "taken yet); beyond it a dump is logged as a DROPPED DUMP line.",
+        min=1,
+    ),
     # Restore (DESIGN.md section 3)
     Option(
         "durable_restore_allow_rate",
