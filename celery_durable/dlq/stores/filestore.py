@@ -54,7 +54,7 @@ import socket
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -62,7 +62,7 @@ from kombu.exceptions import ContentDisallowed
 
 from ... import metrics
 from ...exceptions import ConfigError, CorruptRecord, DumpError
-from ..base import DumpEntry, DumpStore, QuarantinedDump
+from ..base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump
 from ..codec import Codec, crc32
 
 __all__ = ["FileStore"]
@@ -171,22 +171,14 @@ class FileStore(DumpStore):
             raise DumpError(f"cannot create dump store {self.root}: {exc}") from exc
 
     # -- writing ---------------------------------------------------------------
-    def encode(self, entry: DumpEntry) -> bytes:
-        if not entry.host:
-            entry.host = self.host
-        return self.codec.encode(entry)
-
-    def write(self, entries: list[DumpEntry]) -> None:
-        self.write_encoded([(e, self.encode(e)) for e in entries])
-
-    def write_encoded(self, items: list[tuple[DumpEntry, bytes]]) -> None:
-        if not items:
-            return
+    def write_encoded(self, dumps: Sequence[EncodedDump]) -> list[str]:
+        if not dumps:
+            return []
         pid = os.getpid()
         stem = f"{time.time_ns():020d}-{_SAFE.sub('_', self.host)}-{pid}-{next(_counter):08d}"
-        meta = {"host": self.host, "pid": pid, "count": len(items), "created": time.time()}
+        meta = {"host": self.host, "pid": pid, "count": len(dumps), "created": time.time()}
         chunks = [encode_header(self.version, meta)]
-        chunks.extend(encode_record(payload) for _, payload in items)
+        chunks.extend(encode_record(dump.payload) for dump in dumps)
         tmp = self.tmp_dir / f"{stem}.tmp"
         final = self.segments_dir / f"{stem}{SUFFIX}"
         try:
@@ -204,8 +196,7 @@ class FileStore(DumpStore):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise DumpError(f"cannot write dump segment {final}: {exc}") from exc
-        for index, (entry, _) in enumerate(items):
-            entry.entry_id = f"{stem}:{index:06d}"
+        return [f"{stem}:{index:06d}" for index in range(len(dumps))]
 
     @staticmethod
     def _fsync_dir(path: Path) -> None:

@@ -20,9 +20,8 @@ and reported.
 from __future__ import annotations
 
 import hashlib
-import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,7 +30,7 @@ from kombu.exceptions import ContentDisallowed
 
 from ... import metrics
 from ...exceptions import CorruptRecord, DumpError
-from ..base import DumpEntry, DumpStore, QuarantinedDump
+from ..base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump
 from ..codec import Codec, crc32
 
 __all__ = ["RedisStore"]
@@ -39,7 +38,6 @@ __all__ = ["RedisStore"]
 MAGIC = b"CDLQ"
 FRAME = struct.Struct(">4sII")  # magic, version, crc32(payload)
 PAGE = 500
-_HOST = socket.gethostname()
 
 
 def _split_prefix(url: str) -> tuple[str, str]:
@@ -75,31 +73,26 @@ class RedisStore(DumpStore):
     def _frame(self, payload: bytes) -> bytes:
         return FRAME.pack(MAGIC, self.version, crc32(payload)) + payload
 
-    def encode(self, entry: DumpEntry) -> bytes:
-        if not entry.host:
-            entry.host = _HOST
-        return self._frame(self.codec.encode(entry))
-
-    def write(self, entries: list[DumpEntry]) -> None:
-        self.write_encoded([(e, self.encode(e)) for e in entries])
-
-    def write_encoded(self, items: list[tuple[DumpEntry, bytes]]) -> None:
-        if not items:
-            return
+    def write_encoded(self, dumps: Sequence[EncodedDump]) -> list[str]:
+        if not dumps:
+            return []
         data: dict[str, bytes] = {}
         index: dict[str, float] = {}
-        for entry, framed in items:
-            entry_id = f"{int(entry.failed_at * 1e6):017d}-{hashlib.sha1(framed).hexdigest()[:20]}"
+        ids: list[str] = []
+        for dump in dumps:
+            framed = self._frame(dump.payload)
+            entry_id = f"{int(dump.failed_at * 1e6):017d}-{hashlib.sha1(framed).hexdigest()[:20]}"
             data[entry_id] = framed
-            index[entry_id] = entry.failed_at
-            entry.entry_id = entry_id
+            index[entry_id] = dump.failed_at
+            ids.append(entry_id)
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(self.data_key, mapping=data)  # type: ignore[arg-type]
                 pipe.zadd(self.index_key, index)
                 pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            raise DumpError(f"cannot write {len(items)} dumps to {self.url}: {exc}") from exc
+            raise DumpError(f"cannot write {len(dumps)} dumps to {self.url}: {exc}") from exc
+        return ids
 
     def _scan(self) -> Iterator[tuple[str, bytes]]:
         """``(entry_id, framed)`` oldest first; ids deleted meanwhile are skipped."""
