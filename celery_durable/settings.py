@@ -32,14 +32,14 @@ SETTINGS: tuple[Option, ...] = (
         "durable_dlq_capacity_bytes",
         int,
         1 << 20,
-        "Flush the in-process dump buffer when it holds this many bytes.",
+        "Write the dumps logged since the last flush to the store once they hold this many bytes.",
         min=1,
     ),
     Option(
         "durable_dlq_flush_interval",
         float,
         1.0,
-        "Flush the dump buffer this many seconds after its first item.",
+        "Write logged dumps to the store this many seconds after the first one.",
         min=0.0,
     ),
     Option(

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import DumpEntry, DumpStore, QuarantinedDump, is_parked
+from .base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump, is_parked
 from .stores import open_store, register_store, store_for_app
 
 __all__ = [
     "DumpEntry",
     "DumpStore",
+    "EncodedDump",
     "QuarantinedDump",
     "install",
     "is_parked",

@@ -137,7 +137,8 @@ class DumpQueue:
     def adopt(self) -> int:
         """Take over the logs of dead processes (same store); return how many were found.
 
-        Their segments are flushed by this queue's thread, at once.
+        Their segments are flushed by this queue's thread, at once; the thread
+        (started here if need be) looks for more every ``adopt_interval``.
         """
         owners = find_orphans(self.wal_directory)
         if owners:
@@ -146,10 +147,10 @@ class DumpQueue:
                 len(owners),
                 self.wal_directory,
             )
-            with self._cond:
-                self._adopted.extend(owners)
-                self._ensure_thread()
-                self._cond.notify()
+        with self._cond:
+            self._adopted.extend(owners)
+            self._ensure_thread()
+            self._cond.notify()
         return len(owners)
 
     def _ensure_thread(self) -> None:

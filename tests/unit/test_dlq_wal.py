@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from celery_durable.dlq import open_store
 from celery_durable.dlq.dumpqueue import DumpQueue
 from celery_durable.dlq.wal import HEAD, DumpWAL, read_segment, wal_dir
+from tests.helpers.wait import wait_for
 from tests.integration.dlq_writer import entry
 
 
@@ -156,3 +157,20 @@ def test_owner_only_modes_and_one_directory_per_store(tmp_path: Path) -> None:
         assert queue.close()
     finally:
         os.umask(old)
+
+
+def test_a_writer_dying_later_is_adopted_by_a_running_flusher(tmp_path: Path) -> None:
+    """A process that dies after the others started is found by their periodic scan."""
+    store = open_store((tmp_path / "dlq").as_uri())
+    wal = tmp_path / "wal"
+    adopter = DumpQueue(store, wal_directory=wal, adopt_interval=0.1)
+    assert adopter.adopt() == 0
+
+    def writer() -> None:
+        queue = DumpQueue(store, flush_interval=3600, wal_directory=wal)
+        queue.put(entry("late", 10))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    os.waitpid(in_child(writer), 0)
+    wait_for(lambda: store.count() == 1, timeout=20)
+    assert adopter.close()
