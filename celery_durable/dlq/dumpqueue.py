@@ -183,14 +183,16 @@ class DumpQueue:
                         return
                     now = time.monotonic()
                     wait = self._due_in(now)
-                    if (wait is not None and wait <= 0) or now >= next_scan:
+                    due = wait is not None and wait <= 0
+                    if due or now >= next_scan:
                         break
                     self._cond.wait(min(math.inf if wait is None else wait, next_scan - now))
             try:
-                if time.monotonic() >= next_scan:
-                    next_scan = time.monotonic() + self.adopt_interval
-                    self.adopt()
-                self.flush()
+                if now >= next_scan:
+                    next_scan = now + self.adopt_interval
+                    due = self.adopt() > 0 or due
+                if due:
+                    self.flush()
             except Exception:  # never let the flusher die
                 logger.exception("dlq: unexpected error in the dump flusher")
 
