@@ -235,6 +235,7 @@ class _Owner:
 
 def find_orphans(directory: Path) -> list[_Owner]:
     """Take the lock of every owner in ``directory`` whose process is dead."""
+    directory = directory.resolve()  # _held is keyed by resolved paths
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -273,9 +274,10 @@ class DumpWAL:
     """
 
     def __init__(self, directory: Path, *, store_url: str = "", max_bytes: int = 1 << 30) -> None:
+        _mkdir(directory)
+        directory = directory.resolve()
         self.directory = directory
         self.max_bytes = max_bytes
-        _mkdir(directory)
         info = directory / "store"
         if store_url and not info.exists():
             with contextlib.suppress(OSError):
