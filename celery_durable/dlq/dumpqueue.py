@@ -242,17 +242,15 @@ class DumpQueue:
             except Exception as exc:
                 self._failed(segment, exc)
                 return False
+            metrics.DUMP_FLUSH_DURATION.observe(time.perf_counter() - started)
+            metrics.DUMP_FLUSHES.inc()
+            metrics.DUMP_BYTES.inc(sum(len(d.payload) for d in segment.dumps))
+            for name, n in Counter(d.task_name for d in segment.dumps).items():
+                metrics.DUMPED.labels(task=name).inc(n)
         if owner is None and self._wal is not None:
             self._wal.discard(segment)
         else:
             discard(segment)
-        if not segment.dumps:
-            return True
-        metrics.DUMP_FLUSH_DURATION.observe(time.perf_counter() - started)
-        metrics.DUMP_FLUSHES.inc()
-        metrics.DUMP_BYTES.inc(sum(len(d.payload) for d in segment.dumps))
-        for name, n in Counter(d.task_name for d in segment.dumps).items():
-            metrics.DUMPED.labels(task=name).inc(n)
         return True
 
     def _failed(self, segment: Segment, exc: Exception) -> None:
