@@ -78,7 +78,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
         if capture.use_request_classes(app):
             _worker_app = app
-            capture.adopt_orphans(app)
+            _adopt(app)
     port = settings["durable_metrics_port"]
     if port is not None:
         start_metrics_exporter(port)
@@ -96,15 +96,17 @@ def _check(app: Any) -> None:
 
 
 def _on_worker_process_init(**_: Any) -> None:
-    app = _worker_app
-    if app is None:
-        return
+    if _worker_app is not None:
+        _adopt(_worker_app)
+
+
+def _adopt(app: Any) -> None:
     from .dlq import capture
 
     try:
         capture.adopt_orphans(app)
-    except Exception:  # never stop a pool process from starting
-        logger.exception("celery-durable: cannot adopt dump logs of dead processes")
+    except Exception:  # a store that cannot be opened must not stop the worker
+        logger.exception("celery-durable: cannot adopt the dump logs of dead processes")
 
 
 def connect() -> None:
