@@ -46,6 +46,38 @@ SETTINGS: tuple[Option, ...] = (
         "durable_dlq_version", int, 1, "Dump format version written in every segment header.", min=1
     ),
     Option("durable_dlq_serializer", str, "json", "Kombu serializer used to encode dumps."),
+    # Retention of the dump store (DESIGN.md section 2; docs/src/dead-letters.md)
+    Option(
+        "durable_dlq_max_bytes",
+        int,
+        1 << 30,
+        "Most bytes the dump store keeps (parked dumps included; None: unbounded).",
+        min=1,
+        nullable=True,
+    ),
+    Option(
+        "durable_dlq_max_entries",
+        int,
+        100_000,
+        "Most dumps the dump store keeps (parked dumps included; None: unbounded).",
+        min=1,
+        nullable=True,
+    ),
+    Option(
+        "durable_dlq_max_age",
+        float,
+        180 * 86400.0,
+        "Dumps older than this many seconds are expired (None: never).",
+        min=0.0,
+        nullable=True,
+    ),
+    Option(
+        "durable_dlq_when_full",
+        str,
+        "drop_oldest",
+        "Which dumps go when a max_bytes/max_entries bound is exceeded.",
+        choices=("drop_oldest", "drop_newest"),
+    ),
     # Restore (DESIGN.md section 3)
     Option(
         "durable_restore_allow_rate",
