@@ -70,6 +70,11 @@ DUMP_FLUSH_DURATION = Histogram(
 DUMP_WRITE_ERRORS = Counter(
     "celery_durable_dump_write_errors", "Dump flushes that failed (retried later)."
 )
+DUMPS_DROPPED = Counter(
+    "celery_durable_dumps_dropped",
+    "Dumps removed by the store's retention bounds (reason: max_age, max_entries, max_bytes).",
+    ["reason"],
+)
 
 # -- restore -----------------------------------------------------------------
 RESTORED = Counter("celery_durable_restored", "Dumped tasks republished.", ["queue"])

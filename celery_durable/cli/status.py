@@ -65,6 +65,7 @@ def _spill_status(app: Any) -> dict[str, Any] | None:
 
 def _dump_status(app: Any) -> dict[str, Any]:
     from ..dlq.base import is_parked
+    from ..dlq.retention import dropped_counts
     from ..settings import durable_settings
     from .dlq import open_cli_store
 
@@ -80,6 +81,7 @@ def _dump_status(app: Any) -> dict[str, Any]:
             "parked": parked,
             "oldest_age_seconds": _age(oldest),
             "quarantined": len(store.quarantined()),
+            "dropped": dropped_counts(store),
         }
     finally:
         store.close()
@@ -115,3 +117,5 @@ def status(ctx: click.Context, as_json: bool) -> None:
         f"dlq: {dumps['url']} dumps {dumps['dumps']} parked {dumps['parked']} "
         f"quarantined {dumps['quarantined']} oldest {dumps['oldest_age_seconds']} s"
     )
+    dropped = ", ".join(f"{reason} {n}" for reason, n in dumps["dropped"].items())
+    click.echo(f"  dropped by retention: {dropped}")

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from kombu.utils.json import dumps as json_dumps
 
 from .. import metrics
+from . import retention
 from .base import DumpEntry, DumpStore
 
 __all__ = ["DumpQueue"]
@@ -156,6 +157,7 @@ class DumpQueue:
             metrics.DUMP_BYTES.inc(sum(len(p) for _, p in batch))
             for name, n in Counter(e.task_name for e, _ in batch).items():
                 metrics.DUMPED.labels(task=name).inc(n)
+            retention.after_flush(self.store)
             with self._cond:
                 self._failures = 0
                 self._retry_at = 0.0

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import json
 import logging
@@ -56,6 +57,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kombu.exceptions import ContentDisallowed
@@ -64,6 +66,7 @@ from ... import metrics
 from ...exceptions import ConfigError, CorruptRecord, DumpError
 from ..base import DumpEntry, DumpStore, QuarantinedDump
 from ..codec import Codec, crc32
+from ..retention import Retention
 
 __all__ = ["FileStore"]
 
@@ -418,3 +421,140 @@ class FileStore(DumpStore):
                 if exc.errno != errno.ENOENT:
                     raise
         return removed
+
+    # -- retention (dlq/retention.py) ------------------------------------------
+    # Works on segment headers only (no record is decoded): a segment's time is
+    # the time in its name (when it was written, within durable_dlq_flush_interval
+    # of the failures it holds), its live records are ``count`` minus its
+    # tombstones, and a record's size is the segment's file size / ``count``.
+    def _heads(self) -> list[tuple[str, int, int]]:
+        """``(stem, file size, record count)`` of our version's segments, oldest first."""
+        cache: dict[str, tuple[int, int]] = self.__dict__.setdefault("_head_cache", {})
+        names = [n for n in self._listdir(self.segments_dir) if n.endswith(SUFFIX)]
+        heads: list[tuple[str, int, int]] = []
+        for name in names:
+            stem = name[: -len(SUFFIX)]
+            head = cache.get(stem)
+            if head is None:
+                head = self._read_head(self.segments_dir / name)
+                if head is None:
+                    continue
+                cache[stem] = head
+            if head[1] >= 0:
+                heads.append((stem, head[0], head[1]))
+        live = {n[: -len(SUFFIX)] for n in names}
+        for stem in [s for s in cache if s not in live]:
+            del cache[stem]
+        return heads
+
+    def _read_head(self, path: Path) -> tuple[int, int] | None:
+        """``(size, count)``; count -1 for a segment not ours to touch; None if it vanished."""
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                head = fh.read(4096)
+            magic, version, meta_len = HEAD.unpack_from(head, 0)
+            if magic != MAGIC or version != self.version:
+                return size, -1
+            if len(head) < HEAD.size + meta_len:
+                with open(path, "rb") as fh:
+                    head = fh.read(HEAD.size + meta_len)
+            meta = json.loads(head[HEAD.size : HEAD.size + meta_len])
+            return size, int(meta.get("count", 0))
+        except FileNotFoundError:
+            return None
+        except (OSError, struct.error, ValueError):
+            return 0, -1  # damaged: the readers quarantine it, retention leaves it
+
+    @staticmethod
+    def _stem_time(stem: str) -> float:
+        head = stem.split("-", 1)[0]
+        return int(head) / 1e9 if head.isdigit() else 0.0
+
+    @contextlib.contextmanager
+    def _retention_lock(self) -> Iterator[bool]:
+        fd = os.open(self.root / "retention.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False  # another process is enforcing the same bounds right now
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def enforce_retention(self, retention: Retention, now: float) -> dict[str, int]:
+        """Delete what the bounds exclude (see :mod:`..retention`); drops per reason."""
+        dropped = dict.fromkeys(("max_age", "max_entries", "max_bytes"), 0)
+        with self._retention_lock() as held:
+            if not held:
+                return {}
+            deleted = self._tombstones()
+            # [stem, time, bytes per record, live indexes ascending], oldest first
+            segs: list[list[Any]] = []
+            for stem, size, count in self._heads():
+                gone = deleted.get(stem, set())
+                live = [i for i in range(count) if i not in gone]
+                if live:
+                    segs.append([stem, self._stem_time(stem), size / max(count, 1), live])
+            victims: dict[str, list[str]] = {r: [] for r in dropped}
+            if retention.max_age is not None:
+                cutoff = now - retention.max_age
+                while segs and segs[0][1] < cutoff:
+                    stem, _, _, live = segs.pop(0)
+                    victims["max_age"].extend(f"{stem}:{i:06d}" for i in live)
+            newest = retention.drop_newest
+            if retention.max_entries is not None:
+                excess = sum(len(s[3]) for s in segs) - retention.max_entries
+                self._take(segs, newest, victims["max_entries"], excess, by_bytes=False)
+            if retention.max_bytes is not None:
+                over = sum(s[2] * len(s[3]) for s in segs) - retention.max_bytes
+                self._take(segs, newest, victims["max_bytes"], over, by_bytes=True)
+            for reason, ids in victims.items():
+                if ids:
+                    dropped[reason] = self.delete(ids)
+            if any(dropped.values()):
+                self._add_dropped(dropped)
+        return dropped
+
+    @staticmethod
+    def _take(
+        segs: list[list[Any]], newest: bool, out: list[str], budget: float, *, by_bytes: bool
+    ) -> None:
+        """Move records (oldest or newest first) from ``segs`` to ``out`` until ``budget``
+        (records, or bytes) is spent."""
+        for seg in list(reversed(segs)) if newest else list(segs):
+            if budget <= 0:
+                break
+            stem, _, per, live = seg
+            taken: list[int] = []
+            for i in reversed(live) if newest else live:
+                if budget <= 0:
+                    break
+                taken.append(i)
+                budget -= per if by_bytes else 1
+            out.extend(f"{stem}:{i:06d}" for i in taken)
+            gone = set(taken)
+            seg[3] = [i for i in live if i not in gone]
+        segs[:] = [s for s in segs if s[3]]
+
+    def _add_dropped(self, dropped: dict[str, int]) -> None:
+        """Add to the persistent per-reason counts (called under the retention lock)."""
+        counts = self.dropped_counts()
+        for reason, n in dropped.items():
+            counts[reason] = counts.get(reason, 0) + n
+        path = self.root / "dropped.json"
+        tmp = self.tmp_dir / f"dropped.{os.getpid()}.{next(_counter)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(counts, fh)
+        os.rename(tmp, path)
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Dumps dropped by retention so far, per reason, by every process of this host."""
+        try:
+            data = json.loads((self.root / "dropped.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}

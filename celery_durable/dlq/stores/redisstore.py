@@ -33,6 +33,7 @@ from ... import metrics
 from ...exceptions import CorruptRecord, DumpError
 from ..base import DumpEntry, DumpStore, QuarantinedDump
 from ..codec import Codec, crc32
+from ..retention import REASONS, Retention
 
 __all__ = ["RedisStore"]
 
@@ -176,3 +177,105 @@ class RedisStore(DumpStore):
 
     def close(self) -> None:
         self.client.close()
+
+    # -- retention (dlq/retention.py) ------------------------------------------
+    def _retention_keys(self) -> list[str]:
+        base = self.index_key.rsplit(":", 1)[0]
+        return [self.index_key, self.data_key, f"{base}:sizes", f"{base}:bytes", f"{base}:dropped"]
+
+    def enforce_retention(self, retention: Retention, now: float) -> dict[str, int]:
+        """Delete what the bounds exclude, atomically in one Lua script; drops per reason."""
+        cutoff = "" if retention.max_age is None else repr(now - retention.max_age)
+        args = [
+            cutoff,
+            "" if retention.max_entries is None else str(retention.max_entries),
+            "" if retention.max_bytes is None else str(retention.max_bytes),
+            "1" if retention.drop_newest else "0",
+        ]
+        try:
+            counts: Any = self.client.eval(_RETENTION_LUA, 5, *self._retention_keys(), *args)
+        except (redis.RedisError, OSError) as exc:
+            raise DumpError(f"cannot enforce retention on {self.url}: {exc}") from exc
+        return dict(zip(REASONS, (int(c) for c in counts), strict=True))
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Dumps dropped by retention so far, per reason, by every process of the fleet."""
+        try:
+            raw: Any = self.client.hgetall(self._retention_keys()[4])
+        except (redis.RedisError, OSError) as exc:
+            raise DumpError(f"cannot read {self.url}: {exc}") from exc
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+# Sizes are accounted lazily so writes stay one MULTI: ``sizes`` (entry id ->
+# framed bytes) and ``bytes`` (their sum) catch up with the index here, by two
+# ZDIFFs (new ids: HSTRLEN each; vanished ids: restored or purged meanwhile).
+# Then age, entry and byte bounds, in that order; every drop is counted in
+# ``dropped`` per reason.  One script, so concurrent writers' enforcements are
+# serialised by Redis and never drop more than the bounds ask.
+_RETENTION_LUA = """
+local index, data, sizes, total, dropped = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local newest = ARGV[4] == '1'
+for _, id in ipairs(redis.call('ZDIFF', 2, index, sizes)) do
+  local n = redis.call('HSTRLEN', data, id)
+  redis.call('ZADD', sizes, n, id)
+  redis.call('INCRBY', total, n)
+end
+local gone = redis.call('ZDIFF', 2, sizes, index, 'WITHSCORES')
+for i = 1, #gone, 2 do
+  redis.call('ZREM', sizes, gone[i])
+  redis.call('DECRBY', total, gone[i + 1])
+end
+local function drop(ids, reason)
+  if #ids == 0 then return 0 end
+  for _, id in ipairs(ids) do
+    local n = redis.call('ZSCORE', sizes, id)
+    if n then redis.call('DECRBY', total, n) end
+  end
+  for i = 1, #ids, 1000 do
+    local chunk = {unpack(ids, i, math.min(i + 999, #ids))}
+    redis.call('ZREM', index, unpack(chunk))
+    redis.call('HDEL', data, unpack(chunk))
+    redis.call('ZREM', sizes, unpack(chunk))
+  end
+  redis.call('HINCRBY', dropped, reason, #ids)
+  return #ids
+end
+local out = {0, 0, 0}
+if ARGV[1] ~= '' then
+  out[1] = drop(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[1]), 'max_age')
+end
+if ARGV[2] ~= '' then
+  local excess = redis.call('ZCARD', index) - tonumber(ARGV[2])
+  if excess > 0 then
+    local ids
+    if newest then
+      ids = redis.call('ZRANGE', index, -excess, -1)
+    else
+      ids = redis.call('ZRANGE', index, 0, excess - 1)
+    end
+    out[2] = drop(ids, 'max_entries')
+  end
+end
+if ARGV[3] ~= '' then
+  local over = tonumber(redis.call('GET', total) or '0') - tonumber(ARGV[3])
+  local ids, pos = {}, 0
+  while over > 0 do
+    local page
+    if newest then
+      page = redis.call('ZRANGE', index, pos, pos + 99, 'REV')
+    else
+      page = redis.call('ZRANGE', index, pos, pos + 99)
+    end
+    if #page == 0 then break end
+    for _, id in ipairs(page) do
+      if over <= 0 then break end
+      table.insert(ids, id)
+      over = over - tonumber(redis.call('ZSCORE', sizes, id) or '0')
+    end
+    pos = pos + 100
+  end
+  out[3] = drop(ids, 'max_bytes')
+end
+return out
+"""

@@ -1,0 +1,152 @@
+"""Retention: every bound and both policies, on the real file:// and redis:// stores.
+
+Counts are checked three ways: what is left in the store, the store's persistent
+``dropped_counts()`` and the ``celery_durable_dumps_dropped_total{reason}`` counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from celery_durable.dlq import DumpEntry, DumpStore, open_store
+from celery_durable.dlq.dumpqueue import DumpQueue
+from celery_durable.dlq.retention import Retention, dropped_counts, enforce
+from celery_durable.dlq.stores.filestore import FileStore
+from celery_durable.dlq.stores.redisstore import RedisStore
+from tests.integration.dlq_writer import entry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["file", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DumpStore]:
+    if request.param == "file":
+        url = (tmp_path / "dlq").as_uri()
+    else:
+        url = f"{request.getfixturevalue('redis_server').url}?prefix=ret:dlq"
+    opened = open_store(url)
+    yield opened
+    opened.close()
+
+
+def dropped_metric(reason: str) -> float:
+    return REGISTRY.get_sample_value("celery_durable_dumps_dropped_total", {"reason": reason}) or 0
+
+
+def write_each(store: DumpStore, count: int, start: float) -> list[str]:
+    """``count`` equal-sized dumps, one write (one segment) each, failed_at ascending."""
+    ids = []
+    for i in range(count):
+        e = entry(f"task-{i:03d}", 200)
+        e.failed_at = start + i
+        store.write([e])
+        ids.append(e.task_id)
+    return ids
+
+
+def left(store: DumpStore) -> list[str]:
+    return [e.task_id for e in store.entries()]
+
+
+def entry_size(store: DumpStore) -> int:
+    """The stored size of one dump written alone (what the bytes bound counts)."""
+    first = next(store.entries())
+    if isinstance(store, FileStore):
+        stem = first.entry_id.split(":")[0]
+        return (store.segments_dir / f"{stem}.seg").stat().st_size
+    assert isinstance(store, RedisStore)
+    return int(store.client.hstrlen(store.data_key, first.entry_id))
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_max_entries(store: DumpStore, policy: str) -> None:
+    ids = write_each(store, 10, time.time())
+    before = dropped_metric("max_entries")
+    got = enforce(store, Retention(max_entries=6, when_full=policy))
+    assert got["max_entries"] == 4
+    assert left(store) == (ids[4:] if policy == "drop_oldest" else ids[:6])
+    assert dropped_counts(store) == {"max_age": 0, "max_entries": 4, "max_bytes": 0}
+    assert dropped_metric("max_entries") - before == 4
+    # Idempotent: within the bound now, a second run drops nothing.
+    assert enforce(store, Retention(max_entries=6, when_full=policy))["max_entries"] == 0
+    assert store.count() == 6
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_max_bytes(store: DumpStore, policy: str) -> None:
+    ids = write_each(store, 8, time.time())
+    size = entry_size(store)
+    before = dropped_metric("max_bytes")
+    got = enforce(store, Retention(max_bytes=int(size * 3.5), when_full=policy))
+    assert got["max_bytes"] == 5
+    assert left(store) == (ids[5:] if policy == "drop_oldest" else ids[:3])
+    assert dropped_counts(store)["max_bytes"] == 5
+    assert dropped_metric("max_bytes") - before == 5
+    assert enforce(store, Retention(max_bytes=int(size * 3.5)))["max_bytes"] == 0
+
+
+def test_max_age_expires_the_old_and_keeps_the_recent(store: DumpStore) -> None:
+    old = write_each(store, 3, time.time() - 10)
+    middle = time.time()
+    time.sleep(0.01)  # segment names carry the write time in ns; keep the two sides apart
+    new = []
+    for i in range(2):
+        e = entry(f"new-{i}", 50)
+        e.failed_at = middle + 1 + i
+        store.write([e])
+        new.append(e.task_id)
+    before = dropped_metric("max_age")
+    got = enforce(store, Retention(max_age=100.0), now=middle + 100.0)
+    assert got == {"max_age": 3, "max_entries": 0, "max_bytes": 0}
+    assert left(store) == new
+    assert dropped_counts(store)["max_age"] == 3
+    assert dropped_metric("max_age") - before == 3
+
+
+def test_parked_dumps_count_and_go_like_any_other(store: DumpStore) -> None:
+    parked = entry("parked", 100)
+    parked.restores = 99
+    parked.failed_at = time.time() - 5
+    store.write([parked])
+    ids = write_each(store, 3, time.time())
+    enforce(store, Retention(max_entries=3))
+    assert left(store) == ids  # the parked one was the oldest: dropped first
+
+
+def test_bounds_apply_in_order_and_counts_add_up(store: DumpStore) -> None:
+    write_each(store, 6, time.time())
+    enforce(store, Retention(max_entries=4))
+    enforce(store, Retention(max_entries=2, when_full="drop_newest"))
+    assert store.count() == 2
+    assert dropped_counts(store) == {"max_age": 0, "max_entries": 4, "max_bytes": 0}
+
+
+def test_the_dump_queue_enforces_after_each_flush(
+    store: DumpStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.retention = Retention(max_entries=3)  # type: ignore[attr-defined]
+    queue = DumpQueue(store, flush_interval=60)
+    entries: list[DumpEntry] = []
+    for i in range(5):
+        e = entry(f"q{i}", 20)
+        e.failed_at = time.time() + i
+        entries.append(e)
+        queue.put(e)
+    with caplog.at_level(logging.WARNING, logger="celery_durable.dlq.retention"):
+        assert queue.flush()
+    queue.close()
+    assert left(store) == ["q2", "q3", "q4"]
+    assert dropped_counts(store)["max_entries"] == 2
+    assert "dropped 2 dump(s)" in caplog.text and "max_entries" in caplog.text
+
+
+def test_unbounded_store_is_left_alone(store: DumpStore) -> None:
+    write_each(store, 3, time.time())
+    assert enforce(store, Retention()) == {}
+    assert store.count() == 3
