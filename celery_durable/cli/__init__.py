@@ -1,7 +1,7 @@
 """``celery -A proj durable ...``: inspect, drain, restore and purge.
 
 Registered through the ``celery.commands`` entry point.  Each command group lives
-in its own module (``spill``, ``dlq``, ``status``) and is attached here.  Every
+in its own module (``spill``, ``dlq``, ``status``, ``web``) and is attached here.  Every
 command exits non-zero with a one-line reason on failure (:func:`fail`).
 """
 
@@ -38,7 +38,7 @@ def fail(message: str) -> NoReturn:
 
 def _attach() -> None:
     # Imported here so each group module can import `durable`, `fail`, `get_app`.
-    from . import dlq, dlq_restore, spill, status  # noqa: F401
+    from . import dlq, dlq_restore, dlq_unpark, spill, status, web  # noqa: F401
 
 
 _attach()

@@ -67,6 +67,7 @@ from ...exceptions import ConfigError, CorruptRecord, DumpError
 from ..base import DumpEntry, DumpStore, QuarantinedDump
 from ..codec import Codec, crc32
 from ..retention import Retention
+from ..summary import DumpSummary, summarize
 
 __all__ = ["FileStore"]
 
@@ -81,6 +82,7 @@ SUFFIX = ".seg"
 
 _counter = itertools.count()
 _SAFE = re.compile(r"[^A-Za-z0-9_]+")  # no dots: the stem ends at the first dot
+_SAFE_STEM = re.compile(r"[A-Za-z0-9_-]+")  # what a segment stem can be (no "/", no "..")
 
 
 def _path_from_url(url: str) -> Path:
@@ -343,6 +345,119 @@ class FileStore(DumpStore):
                 reason = "quarantined"
             found.append(QuarantinedDump(str(self.quarantine_dir / name), reason))
         return found
+
+    # -- listing (dlq/summary.py: the console) -----------------------------------
+    # Segments never change once renamed into segments/, so a segment's summaries
+    # are made once per process and kept; a call lists the directories, reads the
+    # tombstones and only the segments it has not seen.  When no directory changed
+    # since the last call (mtimes older than the call, so no change can hide in
+    # the timestamp granularity) not even that.
+    def summaries(self) -> tuple[list[DumpSummary], list[QuarantinedDump]]:
+        """Live dumps oldest first as summaries, and what could not be read."""
+        key = tuple(self._mtime(d) for d in (self.segments_dir, self.deleted_dir))
+        key += (self._mtime(self.quarantine_dir),)
+        last = self.__dict__.get("_summary_last")
+        if last is not None and last[0] == key and max(key) < last[1] - 1.0:
+            return last[2]
+        started = time.time()
+        cache: dict[str, tuple[list[tuple[int, DumpSummary]], list[QuarantinedDump]]]
+        cache = self.__dict__.setdefault("_summary_cache", {})
+        deleted = self._tombstones()
+        names = [n for n in self._listdir(self.segments_dir) if n.endswith(SUFFIX)]
+        live: list[DumpSummary] = []
+        bad: list[QuarantinedDump] = []
+        for name in names:
+            stem = name[: -len(SUFFIX)]
+            found = cache.get(stem)
+            if found is None:
+                found = self._summarize(self.segments_dir / name)
+                if found is None:
+                    continue
+                cache[stem] = found
+            rows, damaged = found
+            gone = deleted.get(stem)
+            live.extend(s for i, s in rows if not gone or i not in gone)
+            bad.extend(damaged)
+        present = {n[: -len(SUFFIX)] for n in names}
+        for stem in [s for s in cache if s not in present]:
+            del cache[stem]
+        for name in self._listdir(self.quarantine_dir):
+            if not name.endswith(".why"):
+                bad.append(QuarantinedDump(str(self.quarantine_dir / name), "quarantined"))
+        result = (live, bad)
+        self.__dict__["_summary_last"] = (key, started, result)
+        return result
+
+    @staticmethod
+    def _mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def _summarize(
+        self, path: Path
+    ) -> tuple[list[tuple[int, DumpSummary]], list[QuarantinedDump]] | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DumpError(f"cannot read dump segment {path}: {exc}") from exc
+        try:
+            seg = _Segment(path, data)
+        except (CorruptRecord, struct.error, ValueError) as exc:
+            self._quarantine(path, f"unreadable segment header: {exc}")
+            return None
+        if seg.version != self.version:
+            why = f"format version {seg.version}, this store reads {self.version}"
+            return [], [QuarantinedDump(str(path), why, seg.version)]
+        entries, bad = self._decoded(seg, set())
+        rows = [(int(e.entry_id.rpartition(":")[2]), summarize(e)) for e in entries]
+        return rows, bad
+
+    def fetch(self, entry_ids: Iterable[str]) -> list[DumpEntry]:
+        """The live dumps with these ids, oldest first; reads only their segments."""
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for entry_id in entry_ids:
+            stem, _, index = entry_id.rpartition(":")
+            if stem and index.isdigit() and _SAFE_STEM.fullmatch(stem):
+                wanted[stem].add(int(index))
+        if not wanted:
+            return []
+        deleted = self._tombstones()
+        found: list[DumpEntry] = []
+        for stem in sorted(wanted):
+            path = self.segments_dir / f"{stem}{SUFFIX}"
+            try:
+                seg = _Segment(path, path.read_bytes())
+            except FileNotFoundError:
+                continue
+            except (CorruptRecord, struct.error, ValueError, OSError):
+                continue
+            if seg.version != self.version:
+                continue
+            entries, _ = self._decoded(seg, deleted.get(stem, set()))
+            found.extend(e for e in entries if int(e.entry_id.rpartition(":")[2]) in wanted[stem])
+        return found
+
+    # -- notes: small JSON documents about the store (the last restore run) ----
+    def put_note(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.tmp_dir / f"note.{os.getpid()}.{next(_counter)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh)
+            os.rename(tmp, self.root / f"{_SAFE.sub('_', name)}.note.json")
+        except OSError as exc:
+            raise DumpError(f"cannot write note {name} in {self.root}: {exc}") from exc
+
+    def get_note(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.root / f"{_SAFE.sub('_', name)}.note.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     # -- deleting --------------------------------------------------------------
     def delete(self, entry_ids: Iterable[str]) -> int:

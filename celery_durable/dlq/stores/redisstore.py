@@ -20,6 +20,7 @@ and reported.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import struct
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ from ...exceptions import CorruptRecord, DumpError
 from ..base import DumpEntry, DumpStore, QuarantinedDump
 from ..codec import Codec, crc32
 from ..retention import REASONS, Retention
+from ..summary import DumpSummary, summarize
 
 __all__ = ["RedisStore"]
 
@@ -174,6 +176,72 @@ class RedisStore(DumpStore):
         except (redis.RedisError, OSError) as exc:
             raise DumpError(f"cannot delete dumps from {self.url}: {exc}") from exc
         return removed
+
+    # -- notes: small JSON documents about the store (the last restore run) ----
+    def put_note(self, name: str, data: dict[str, Any]) -> None:
+        key = f"{self.index_key.rsplit(':', 1)[0]}:note:{name}"
+        try:
+            self.client.set(key, json.dumps(data))
+        except (redis.RedisError, OSError) as exc:
+            raise DumpError(f"cannot write note {name} to {self.url}: {exc}") from exc
+
+    def get_note(self, name: str) -> dict[str, Any] | None:
+        key = f"{self.index_key.rsplit(':', 1)[0]}:note:{name}"
+        try:
+            raw: Any = self.client.get(key)
+            data = json.loads(raw) if raw else None
+        except (redis.RedisError, OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # -- listing (dlq/summary.py: the console) -----------------------------------
+    # An entry id names one immutable dump, so its summary is made once per
+    # process and kept; a call reads the index (ids only) and fetches just the
+    # dumps it has not seen.
+    def summaries(self) -> tuple[list[DumpSummary], list[QuarantinedDump]]:
+        """Live dumps oldest first as summaries, and what could not be read."""
+        cache: dict[str, DumpSummary | QuarantinedDump]
+        cache = self.__dict__.setdefault("_summary_cache", {})
+        try:
+            raw: Any = self.client.zrange(self.index_key, 0, -1)
+            ids = [i.decode() for i in raw]
+            missing = [i for i in ids if i not in cache]
+            for start in range(0, len(missing), PAGE):
+                page = missing[start : start + PAGE]
+                values: list[Any] = self.client.hmget(self.data_key, page)
+                for entry_id, value in zip(page, values, strict=True):
+                    if value is not None:
+                        found = self._unframe(entry_id, value)
+                        cache[entry_id] = (
+                            summarize(found) if isinstance(found, DumpEntry) else found
+                        )
+        except (redis.RedisError, OSError) as exc:
+            raise DumpError(f"cannot read dumps from {self.url}: {exc}") from exc
+        if len(cache) > len(ids):
+            present = set(ids)
+            for entry_id in [i for i in cache if i not in present]:
+                del cache[entry_id]
+        live: list[DumpSummary] = []
+        bad: list[QuarantinedDump] = []
+        for entry_id in ids:
+            item = cache.get(entry_id)
+            if isinstance(item, DumpSummary):
+                live.append(item)
+            elif item is not None:
+                bad.append(item)
+        return live, bad
+
+    def fetch(self, entry_ids: Iterable[str]) -> list[DumpEntry]:
+        """The live dumps with these ids, oldest first."""
+        ids = sorted(set(entry_ids))
+        if not ids:
+            return []
+        try:
+            values: list[Any] = self.client.hmget(self.data_key, ids)
+        except (redis.RedisError, OSError) as exc:
+            raise DumpError(f"cannot read dumps from {self.url}: {exc}") from exc
+        found = [self._unframe(i, v) for i, v in zip(ids, values, strict=True) if v is not None]
+        return [e for e in found if isinstance(e, DumpEntry)]
 
     def close(self) -> None:
         self.client.close()
