@@ -138,9 +138,10 @@ def measure(url: str, count: int, segment: int, writers: int) -> None:
         filtered = f"/dumps?task={TASKS[1]}&exc={EXCS[2]}&q=attempt+3"
         print(f"\n{url.split(':')[0]}:// store, {count:,} dumps (filled in {fill_s:.1f} s)")
         print(f"  cold first request (summarises every dump): {cold * 1000:.0f} ms")
-        for name, path in (("first page", "/dumps"), ("filtered page", filtered), ("overview", "/")):
+        pages = (("first page", "/dumps"), ("filtered page", filtered), ("overview", "/"))
+        for name, path in pages:
             times = sorted(get(base + path) for _ in range(20))
-            p95 = times[int(round(0.95 * (len(times) - 1)))]
+            p95 = times[round(0.95 * (len(times) - 1))]
             print(
                 f"  {name:14s} median {statistics.median(times) * 1000:6.1f} ms   "
                 f"p95 {p95 * 1000:6.1f} ms   max {times[-1] * 1000:6.1f} ms"
