@@ -19,9 +19,11 @@ from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
 from ..dlq import DumpEntry, DumpStore, is_parked, store_for_app
+from ..dlq.summary import DumpFilter
 from ..exceptions import DurableError
 from ..settings import durable_settings
 from . import durable, fail, get_app
+from .dlq_filter import filter_options, matches
 
 __all__ = ["dlq", "open_cli_store"]
 
@@ -53,22 +55,36 @@ def _when(ts: float) -> str:
     )
 
 
-def _selected(store: DumpStore, task: str | None, parked_only: bool, limit: int) -> list[DumpEntry]:
-    return [e for e in store.entries(task=task) if not parked_only or is_parked(e, limit)]
+def _selected(
+    store: DumpStore, task: str | None, parked_only: bool, limit: int, flt: DumpFilter | None = None
+) -> list[DumpEntry]:
+    return [
+        e
+        for e in store.entries(task=task)
+        if (not parked_only or is_parked(e, limit)) and (flt is None or matches(flt, e, limit))
+    ]
 
 
 @dlq.command(name="ls")
 @click.option("--task", "task", default=None, help="Only dumps of this task name.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--parked", is_flag=True, help="Only parked dumps (max restore attempts reached).")
+@filter_options
 @url_option
 @click.pass_context
-def ls(ctx: click.Context, task: str | None, as_json: bool, parked: bool, url: str | None) -> None:
+def ls(
+    ctx: click.Context,
+    task: str | None,
+    as_json: bool,
+    parked: bool,
+    url: str | None,
+    flt: DumpFilter,
+) -> None:
     """List dumped tasks, oldest first, and any quarantined dumps."""
     store = open_cli_store(ctx, url)
     limit = _max_attempts(ctx)
     try:
-        entries = _selected(store, task, parked, limit)
+        entries = _selected(store, task, parked, limit, flt)
         quarantined = store.quarantined()
     except DurableError as exc:
         fail(f"cannot read {store.url}: {exc}")
@@ -115,13 +131,21 @@ def show(ctx: click.Context, task_id: str, url: str | None) -> None:
 @click.option("--parked", is_flag=True, help="Only parked dumps.")
 @click.option("--task", "task", default=None, help="Only dumps of this task name.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@filter_options
 @url_option
 @click.pass_context
-def purge(ctx: click.Context, parked: bool, task: str | None, force: bool, url: str | None) -> None:
+def purge(
+    ctx: click.Context,
+    parked: bool,
+    task: str | None,
+    force: bool,
+    url: str | None,
+    flt: DumpFilter,
+) -> None:
     """Delete dumps for good (quarantined dumps are never deleted)."""
     store = open_cli_store(ctx, url)
     try:
-        entries = _selected(store, task, parked, _max_attempts(ctx))
+        entries = _selected(store, task, parked, _max_attempts(ctx), flt)
     except DurableError as exc:
         fail(f"cannot read {store.url}: {exc}")
     if not entries:
@@ -141,16 +165,22 @@ def purge(ctx: click.Context, parked: bool, task: str | None, force: bool, url: 
 @click.option("--task", "task", default=None, help="Only dumps of this task name.")
 @click.option("--parked", is_flag=True, help="Only parked dumps.")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File (default: stdout).")
+@filter_options
 @url_option
 @click.pass_context
 def export(
-    ctx: click.Context, task: str | None, parked: bool, output: IO[str], url: str | None
+    ctx: click.Context,
+    task: str | None,
+    parked: bool,
+    output: IO[str],
+    url: str | None,
+    flt: DumpFilter,
 ) -> None:
     """Write dumps as JSON lines (they stay in the store)."""
     store = open_cli_store(ctx, url)
     count = 0
     try:
-        for entry in _selected(store, task, parked, _max_attempts(ctx)):
+        for entry in _selected(store, task, parked, _max_attempts(ctx), flt):
             output.write(json_dumps(entry.to_dict()) + "\n")
             count += 1
     except DurableError as exc:

@@ -13,12 +13,20 @@ from typing import Any
 import click
 
 from ..dlq.base import DumpEntry
+from ..dlq.summary import DumpFilter
 from ..exceptions import DurableError
 from . import fail, get_app
 from .dlq import dlq, open_cli_store, url_option
+from .dlq_filter import filter_options, matches
 
 
-def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) -> Any:
+def _selector(
+    task_ids: tuple[str, ...],
+    task_name: str | None,
+    seen: set[str],
+    flt: DumpFilter,
+    max_attempts: int,
+) -> Any:
     wanted = set(task_ids)
 
     def select(entry: DumpEntry) -> bool:
@@ -27,7 +35,9 @@ def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) 
                 seen.add(entry.task_id)
                 return True
             return False
-        return task_name is None or entry.task_name == task_name
+        if task_name is not None and entry.task_name != task_name:
+            return False
+        return matches(flt, entry, max_attempts)
 
     return select
 
@@ -38,6 +48,7 @@ def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) 
 @click.option("--task", "task_name", metavar="NAME", help="Restore the dumps of one task name.")
 @click.option("--dry-run", is_flag=True, help="Print what would be restored; change nothing.")
 @click.option("--force", is_flag=True, help="Ignore the per-queue rate control.")
+@filter_options
 @url_option
 @click.pass_context
 def restore_command(
@@ -48,8 +59,12 @@ def restore_command(
     dry_run: bool,
     force: bool,
     url: str | None,
+    flt: DumpFilter,
 ) -> None:
-    """Republish dumped tasks now (ignores backoff; parked entries included)."""
+    """Republish dumped tasks now (ignores backoff; parked entries included).
+
+    ``--all`` or ``--task`` may be narrowed by the filter options.
+    """
     if sum((bool(task_ids), restore_all, task_name is not None)) != 1:
         fail("dlq restore: give TASK_ID..., --all or --task NAME (exactly one)")
     from ..restore.runner import RestoreOptions, restore
@@ -65,7 +80,11 @@ def restore_command(
     store = open_cli_store(ctx, url)
     try:
         report = restore(
-            app, store, options, select=_selector(task_ids, task_name, seen), dry_run=dry_run
+            app,
+            store,
+            options,
+            select=_selector(task_ids, task_name, seen, flt, options.max_attempts),
+            dry_run=dry_run,
         )
     except DurableError as exc:
         fail(f"dlq restore: {exc}")
