@@ -343,3 +343,21 @@ def test_configured_auth_is_required(env: Env) -> None:
     assert status(base + "/dumps", headers={"Authorization": "Bearer wrong"}) == 401
     assert status(base + "/dumps", headers={"Authorization": "Bearer s3cret-token"}) == 200
     proc.terminate()
+
+
+def test_overview_shows_what_retention_dropped(env: Env, page: Any) -> None:
+    from celery_durable.dlq.retention import Retention, enforce
+    from tests.integration.dlq_writer import entry
+
+    url = f"redis://127.0.0.1:{env.redis.port}/3"
+    store = open_store(url)
+    store.write([entry(f"r{i}", 10) for i in range(5)])
+    assert enforce(store, Retention(max_entries=2))["max_entries"] == 3
+    store.close()
+    port = free_port()
+    proc = env.web("retention", "--port", str(port), "--url", url)
+    page.goto(f"http://127.0.0.1:{port}/")
+    assert page.inner_text("#dump-count") == "2"
+    assert page.inner_text("#dropped-count") == "3"
+    assert "max_entries 3" in page.inner_text("main")
+    proc.terminate()
