@@ -49,6 +49,7 @@ import fcntl
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -542,24 +543,25 @@ class FileStore(DumpStore):
     # the time in its name (when it was written, within durable_dlq_flush_interval
     # of the failures it holds), its live records are ``count`` minus its
     # tombstones, and a record's size is the segment's file size / ``count``.
-    def _heads(self) -> list[tuple[str, int, int]]:
-        """``(stem, file size, record count)`` of our version's segments, oldest first."""
-        cache: dict[str, tuple[int, int]] = self.__dict__.setdefault("_head_cache", {})
+    def _heads(self) -> list[tuple[str, int, int, float]]:
+        """``(stem, file size, record count, time)`` of our version's segments, oldest first."""
+        cache: dict[str, tuple[int, int, float]] = self.__dict__.setdefault("_head_cache", {})
         names = [n for n in self._listdir(self.segments_dir) if n.endswith(SUFFIX)]
-        heads: list[tuple[str, int, int]] = []
+        heads: list[tuple[str, int, int, float]] = []
         for name in names:
             stem = name[: -len(SUFFIX)]
             head = cache.get(stem)
             if head is None:
-                head = self._read_head(self.segments_dir / name)
-                if head is None:
+                found = self._read_head(self.segments_dir / name)
+                if found is None:
                     continue
-                cache[stem] = head
-            if head[1] >= 0:
-                heads.append((stem, head[0], head[1]))
-        live = {n[: -len(SUFFIX)] for n in names}
-        for stem in [s for s in cache if s not in live]:
-            del cache[stem]
+                head = cache[stem] = (*found, self._stem_time(stem))
+            if head[1] > 0:
+                heads.append((stem, *head))
+        if len(cache) > len(names):
+            present = {n[: -len(SUFFIX)] for n in names}
+            for stem in [s for s in cache if s not in present]:
+                del cache[stem]
         return heads
 
     def _read_head(self, path: Path) -> tuple[int, int] | None:
@@ -606,26 +608,39 @@ class FileStore(DumpStore):
             if not held:
                 return {}
             deleted = self._tombstones()
-            # [stem, time, bytes per record, live indexes ascending], oldest first
+            # Per segment, oldest first: [stem, time, bytes per record, live records,
+            # deleted indexes, record count].  Index lists are only made for the
+            # segments something is dropped from, so a store within its bounds
+            # costs one pass over the (cached) segment headers.
             segs: list[list[Any]] = []
-            for stem, size, count in self._heads():
-                gone = deleted.get(stem, set())
-                live = [i for i in range(count) if i not in gone]
-                if live:
-                    segs.append([stem, self._stem_time(stem), size / max(count, 1), live])
+            for stem, size, count, written in self._heads():
+                gone = deleted.get(stem) or set()
+                if count - len(gone) > 0:
+                    segs.append([stem, written, size / count, count - len(gone), gone, count])
             victims: dict[str, list[str]] = {r: [] for r in dropped}
             if retention.max_age is not None:
                 cutoff = now - retention.max_age
-                while segs and segs[0][1] < cutoff:
-                    stem, _, _, live = segs.pop(0)
-                    victims["max_age"].extend(f"{stem}:{i:06d}" for i in live)
-            newest = retention.drop_newest
-            if retention.max_entries is not None:
-                excess = sum(len(s[3]) for s in segs) - retention.max_entries
-                self._take(segs, newest, victims["max_entries"], excess, by_bytes=False)
-            if retention.max_bytes is not None:
-                over = sum(s[2] * len(s[3]) for s in segs) - retention.max_bytes
-                self._take(segs, newest, victims["max_bytes"], over, by_bytes=True)
+                expired = 0
+                while expired < len(segs) and segs[expired][1] < cutoff:
+                    victims["max_age"].extend(self._take(segs[expired], segs[expired][3]))
+                    expired += 1
+                del segs[:expired]
+            for reason, bound in (
+                ("max_entries", retention.max_entries),
+                ("max_bytes", retention.max_bytes),
+            ):
+                if bound is None:
+                    continue
+                by_bytes = reason == "max_bytes"
+                over = sum(s[3] * (s[2] if by_bytes else 1) for s in segs) - bound
+                for seg in reversed(segs) if retention.drop_newest else iter(segs):
+                    if over <= 0:
+                        break
+                    want = min(seg[3], math.ceil(over / seg[2]) if by_bytes else int(over))
+                    taken = self._take(seg, want, newest=retention.drop_newest)
+                    victims[reason].extend(taken)
+                    over -= len(taken) * (seg[2] if by_bytes else 1)
+                segs = [s for s in segs if s[3] > 0]
             for reason, ids in victims.items():
                 if ids:
                     dropped[reason] = self.delete(ids)
@@ -634,25 +649,19 @@ class FileStore(DumpStore):
         return dropped
 
     @staticmethod
-    def _take(
-        segs: list[list[Any]], newest: bool, out: list[str], budget: float, *, by_bytes: bool
-    ) -> None:
-        """Move records (oldest or newest first) from ``segs`` to ``out`` until ``budget``
-        (records, or bytes) is spent."""
-        for seg in list(reversed(segs)) if newest else list(segs):
-            if budget <= 0:
+    def _take(seg: list[Any], count: int, *, newest: bool = False) -> list[str]:
+        """Entry ids of ``count`` live records of ``seg`` (its oldest or newest), marked gone."""
+        stem, _, _, _, gone, total = seg
+        order = range(total - 1, -1, -1) if newest else range(total)
+        taken: list[int] = []
+        for i in order:
+            if len(taken) >= count:
                 break
-            stem, _, per, live = seg
-            taken: list[int] = []
-            for i in reversed(live) if newest else live:
-                if budget <= 0:
-                    break
+            if i not in gone:
                 taken.append(i)
-                budget -= per if by_bytes else 1
-            out.extend(f"{stem}:{i:06d}" for i in taken)
-            gone = set(taken)
-            seg[3] = [i for i in live if i not in gone]
-        segs[:] = [s for s in segs if s[3]]
+        gone.update(taken)
+        seg[3] -= len(taken)
+        return [f"{stem}:{i:06d}" for i in taken]
 
     def _add_dropped(self, dropped: dict[str, int]) -> None:
         """Add to the persistent per-reason counts (called under the retention lock)."""
