@@ -38,7 +38,7 @@ from ..dlq.summary import AGES, DumpFilter, DumpSummary, fetch, summaries
 from ..dlq.unpark import unpark
 from ..settings import durable_settings
 from .jobs import RestoreJob
-from .overview import dump_overview, spill_overview
+from .overview import dump_counts, dump_overview, spill_overview
 from .security import SECURITY_HEADERS, Auth, Csrf
 
 __all__ = ["Console", "create_app"]
@@ -104,6 +104,8 @@ class Console:
         self.csrf = Csrf()
         self.job: RestoreJob | None = None
         self._lock = threading.Lock()
+        self._choices: tuple[list[DumpSummary], dict[str, list[str]]] | None = None
+        self._counts: tuple[list[DumpSummary], dict[str, Any]] | None = None
         self.env = Environment(
             loader=PackageLoader("celery_durable.web", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -116,6 +118,22 @@ class Console:
         with self._lock:  # one scan at a time; the store's cache is not thread-safe
             live, bad = summaries(self.store)
         return live, len(bad)
+
+    def choices(self, live: list[DumpSummary]) -> dict[str, list[str]]:
+        """The filter menus' values; remade only when the store's list changed (it is
+        the same list object while nothing changed)."""
+        cached = self._choices
+        if cached is not None and cached[0] is live:
+            return cached[1]
+        tasks, excs, queues = set(), set(), set()
+        for s in live:
+            tasks.add(s.task_name)
+            excs.add(s.exc_type)
+            queues.add(s.queue)
+        queues.discard("")
+        found = {"task": sorted(tasks), "exc": sorted(excs), "queue": sorted(queues)}
+        self._choices = (live, found)
+        return found
 
     def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         ctx.update(
@@ -135,7 +153,10 @@ class Console:
     # -- pages -------------------------------------------------------------------
     def overview(self, request: Request) -> Response:
         live, quarantined = self.rows()
-        dumps = dump_overview(self.store, live, quarantined, self.max_attempts)
+        cached = self._counts
+        if cached is None or cached[0] is not live:
+            cached = self._counts = (live, dump_counts(live, self.max_attempts))
+        dumps = dump_overview(self.store, cached[1], quarantined)
         try:
             spill = spill_overview(self.app)
             spill_error = ""
@@ -155,11 +176,7 @@ class Console:
         pages = max(1, (len(found) + PAGE_SIZE - 1) // PAGE_SIZE)
         page = min(page, pages)
         shown = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-        choices = {
-            "task": sorted({s.task_name for s in live}),
-            "exc": sorted({s.exc_type for s in live}),
-            "queue": sorted({s.queue for s in live if s.queue}),
-        }
+        choices = self.choices(live)
         return self.render(
             request,
             "dumps.html",

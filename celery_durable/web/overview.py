@@ -11,7 +11,7 @@ from ..dlq.base import DumpStore
 from ..dlq.retention import dropped_counts
 from ..dlq.summary import DumpSummary
 
-__all__ = ["dump_overview", "spill_overview"]
+__all__ = ["dump_counts", "dump_overview", "spill_overview"]
 
 PROBE_TTL = 5.0
 _probe_lock = threading.Lock()
@@ -75,18 +75,22 @@ def spill_overview(app: Any) -> dict[str, Any] | None:
     }
 
 
-def dump_overview(
-    store: DumpStore, rows: list[DumpSummary], quarantined: int, max_attempts: int
-) -> dict[str, Any]:
-    get_note = getattr(store, "get_note", None)
-    last_run = get_note("last-restore") if get_note is not None else None
+def dump_counts(rows: list[DumpSummary], max_attempts: int) -> dict[str, Any]:
+    """Counts derived from the list alone (the console keeps them while it is unchanged)."""
     return {
         "total": len(rows),
         "by_task": Counter(s.task_name for s in rows).most_common(20),
         "by_exc": Counter(s.exc_type for s in rows).most_common(20),
         "parked": sum(1 for s in rows if s.restores >= max_attempts),
-        "quarantined": quarantined,
         "oldest": min((s.failed_at for s in rows), default=None),
+    }
+
+
+def dump_overview(store: DumpStore, counts: dict[str, Any], quarantined: int) -> dict[str, Any]:
+    get_note = getattr(store, "get_note", None)
+    return {
+        **counts,
+        "quarantined": quarantined,
         "dropped": dropped_counts(store),
-        "last_run": last_run,
+        "last_run": get_note("last-restore") if get_note is not None else None,
     }

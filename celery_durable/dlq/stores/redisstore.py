@@ -204,6 +204,9 @@ class RedisStore(DumpStore):
         cache = self.__dict__.setdefault("_summary_cache", {})
         try:
             raw: Any = self.client.zrange(self.index_key, 0, -1)
+            last = self.__dict__.get("_summary_last")
+            if last is not None and last[0] == raw:
+                return last[1]  # the index did not change: nor did any dump
             ids = [i.decode() for i in raw]
             missing = [i for i in ids if i not in cache]
             for start in range(0, len(missing), PAGE):
@@ -229,6 +232,7 @@ class RedisStore(DumpStore):
                 live.append(item)
             elif item is not None:
                 bad.append(item)
+        self.__dict__["_summary_last"] = (raw, (live, bad))
         return live, bad
 
     def fetch(self, entry_ids: Iterable[str]) -> list[DumpEntry]:
