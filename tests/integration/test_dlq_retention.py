@@ -19,6 +19,10 @@ from celery_durable.dlq.dumpqueue import DumpQueue
 from celery_durable.dlq.retention import Retention, dropped_counts, enforce
 from celery_durable.dlq.stores.filestore import FileStore
 from celery_durable.dlq.stores.redisstore import RedisStore
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.wait import wait_for
+from tests.integration.dlq_app import make_app
+from tests.integration.dlq_worker import start_worker
 from tests.integration.dlq_writer import entry
 
 pytestmark = pytest.mark.integration
@@ -149,3 +153,33 @@ def test_unbounded_store_is_left_alone(store: DumpStore) -> None:
     write_each(store, 3, time.time())
     assert enforce(store, Retention()) == {}
     assert store.count() == 3
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_a_real_worker_keeps_its_store_bounded(
+    kind: str, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Prefork worker, 8 final failures, durable_dlq_max_entries=5: 5 kept, 3 dropped, logged."""
+    url = (tmp_path / "dlq").as_uri() if kind == "file" else redis_server.url.replace("/0", "/3")
+    client = make_app(redis_server.url)
+    worker = start_worker(
+        tmp_path, redis_server.url, url, app="tests.integration.retention_app", DLQ_MAX_ENTRIES="5"
+    )
+    try:
+        sent = [client.send_task("dlq.fail", args=(n,)).id for n in range(8)]
+        store = open_store(url)
+
+        def settled() -> bool:
+            return store.count() == 5 and dropped_counts(store)["max_entries"] == 3
+
+        wait_for(
+            settled,
+            timeout=60,
+            message=lambda: f"5 dumps kept, 3 dropped; now {store.count()} kept, "
+            f"{dropped_counts(store)}; log:\n{worker.output()[-3000:]}",
+        )
+        assert {e.task_id for e in store.entries()} <= set(sent)
+        assert "dropped" in worker.output() and "max_entries bound" in worker.output()
+        store.close()
+    finally:
+        worker.terminate()
