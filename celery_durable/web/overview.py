@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -11,7 +12,14 @@ from ..dlq.base import DumpStore
 from ..dlq.retention import dropped_counts
 from ..dlq.summary import DumpSummary
 
-__all__ = ["dump_counts", "dump_overview", "spill_overview"]
+__all__ = ["dump_counts", "dump_overview", "producer_metrics", "spill_overview"]
+
+#: Producer gauges the overview shows when their multiprocess files are readable.
+PRODUCER_GAUGES = (
+    "celery_durable_breaker_open",
+    "celery_durable_backlog_records",
+    "celery_durable_drain_lag_seconds",
+)
 
 PROBE_TTL = 5.0
 _probe_lock = threading.Lock()
@@ -66,13 +74,38 @@ def spill_overview(app: Any) -> dict[str, Any] | None:
         }
         for info in list_stores(config.store_dir)
     ]
+    try:
+        producers = producer_metrics()
+    except Exception:  # unreadable metric files must not break the page
+        producers = None
     return {
+        "producers": producers,
         "broker": config.broker_url,
         "mode": config.options.publish_mode,
         "reachable": _reachable(config.inner_url, config.options.publish_timeout),
         "stores": stores,
         "backlog": sum(s["records"] or 0 for s in stores),
     }
+
+
+def producer_metrics(path: str | None = None) -> dict[str, float] | None:
+    """The producers' breaker, backlog and drain lag, from prometheus-client's
+    multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, shared with the producers on
+    this host); None when there are none to read."""
+    path = path or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path or not os.path.isdir(path):
+        return None
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path)
+    found: dict[str, float] = {}
+    for metric in registry.collect():
+        if metric.name in PRODUCER_GAUGES:
+            for sample in metric.samples:
+                found[metric.name] = max(found.get(metric.name, sample.value), sample.value)
+    return found or None
 
 
 def dump_counts(rows: list[DumpSummary], max_attempts: int) -> dict[str, Any]:
