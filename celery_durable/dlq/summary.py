@@ -154,7 +154,26 @@ class DumpFilter:
     def select(
         self, rows: Iterable[DumpSummary], max_attempts: int, now: float | None = None
     ) -> list[DumpSummary]:
-        now = time.time() if now is None else now
-        if self.empty:
-            return list(rows)
-        return [s for s in rows if self.matches(s, max_attempts, now)]
+        """The matching rows, in order: one narrowing pass per field set (far quicker
+        over 100,000 rows than :meth:`matches` per row)."""
+        out = list(rows)
+        if self.task:
+            out = [s for s in out if s.task_name == self.task]
+        if self.exc:
+            out = [s for s in out if s.exc_type == self.exc]
+        if self.queue:
+            out = [s for s in out if s.queue == self.queue]
+        if self.parked:
+            parked = self.parked == "yes"
+            out = [s for s in out if (s.restores >= max_attempts) == parked]
+        if self.age:
+            newer, older = AGES[self.age]
+            now = time.time() if now is None else now
+            if newer is not None:
+                out = [s for s in out if now - s.failed_at <= newer]
+            if older is not None:
+                out = [s for s in out if now - s.failed_at >= older]
+        if self.text:
+            needle = self.text.lower()
+            out = [s for s in out if needle in s.exc_message.lower() or needle in s.task_id.lower()]
+        return out

@@ -56,3 +56,28 @@ def test_fetch_returns_just_the_asked_live_dumps(store: DumpStore) -> None:
     got = fetch(store, [entries[0].entry_id, entries[2].entry_id, "nonsense", "../x:000001"])
     assert [e.task_id for e in got] == ["f2"]
     assert got[0].to_dict() == next(e for e in store.entries() if e.task_id == "f2").to_dict()
+
+
+def test_summaries_stay_exact_through_mixed_changes(store: DumpStore) -> None:
+    base = entry("x", 10).failed_at
+    expected: list[str] = []
+
+    def add(name: str, offset: float) -> None:
+        e = entry(name, 10)
+        e.failed_at = base + offset
+        store.write([e])
+
+    for step, name in enumerate(["m0", "m1", "m2"]):
+        add(name, step)
+        expected.append(name)
+        assert listed(store) == expected
+    doomed = next(e for e in store.entries() if e.task_id == "m1")
+    store.delete([doomed.entry_id])
+    expected.remove("m1")
+    assert listed(store) == expected
+    add("m3", 10)  # appended after a delete
+    expected.append("m3")
+    assert listed(store) == expected
+    add("early", -5)  # a dump that sorts first in redis (imported, older failure)
+    assert sorted(listed(store)) == sorted([*expected, "early"])
+    assert listed(store) == [e.task_id for e in store.entries()]

@@ -83,3 +83,28 @@ def test_filter_fields() -> None:
     flt = DumpFilter.from_mapping({"task": " t ", "parked": "maybe", "age": "bogus", "q": "x"})
     assert flt == DumpFilter(task="t", text="x")
     assert flt.as_params() == {"task": "t", "q": "x"}
+
+
+def test_select_agrees_with_matches() -> None:
+    now = time.time()
+    rows = []
+    for i in range(60):
+        e = entry(f"id-{i}", 5)
+        e.task_name = f"t{i % 3}"
+        e.exc_type = ("KeyError", "ValueError")[i % 2]
+        e.exc_message = f"Order {i} failed"
+        e.delivery_info = {"queue": ("a", "b", "c", "")[i % 4]}
+        e.restores = i % 5
+        e.failed_at = now - i * 1800
+        rows.append(summarize(e))
+    filters = [
+        DumpFilter(),
+        DumpFilter(task="t1"),
+        DumpFilter(exc="KeyError", queue="b"),
+        DumpFilter(parked="yes"),
+        DumpFilter(parked="no", age="24h"),
+        DumpFilter(age=">1h", text="ORDER 1"),
+        DumpFilter(task="t2", exc="ValueError", queue="c", parked="no", age=">24h", text="9"),
+    ]
+    for flt in filters:
+        assert flt.select(rows, 3, now) == [s for s in rows if flt.matches(s, 3, now)], flt

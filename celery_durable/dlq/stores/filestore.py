@@ -367,7 +367,19 @@ class FileStore(DumpStore):
         names = [n for n in self._listdir(self.segments_dir) if n.endswith(SUFFIX)]
         live: list[DumpSummary] = []
         bad: list[QuarantinedDump] = []
-        for name in names:
+        done = 0
+        if (
+            last is not None
+            and last[0][2] == key[2]
+            and last[4] == deleted
+            and len(names) > len(last[3])
+            and names[: len(last[3])] == last[3]
+        ):
+            # Only new segments (they sort last: names start with the write time),
+            # no new tombstone, nothing quarantined: read just the new segments.
+            done = len(last[3])
+            live, bad = list(last[2][0]), list(last[2][1])
+        for name in names[done:]:
             stem = name[: -len(SUFFIX)]
             found = cache.get(stem)
             if found is None:
@@ -379,14 +391,16 @@ class FileStore(DumpStore):
             gone = deleted.get(stem)
             live.extend(s for i, s in rows if not gone or i not in gone)
             bad.extend(damaged)
-        present = {n[: -len(SUFFIX)] for n in names}
-        for stem in [s for s in cache if s not in present]:
-            del cache[stem]
-        for name in self._listdir(self.quarantine_dir):
-            if not name.endswith(".why"):
-                bad.append(QuarantinedDump(str(self.quarantine_dir / name), "quarantined"))
+        if not done:
+            if len(cache) > len(names):
+                present = {n[: -len(SUFFIX)] for n in names}
+                for stem in [s for s in cache if s not in present]:
+                    del cache[stem]
+            for name in self._listdir(self.quarantine_dir):
+                if not name.endswith(".why"):
+                    bad.append(QuarantinedDump(str(self.quarantine_dir / name), "quarantined"))
         result = (live, bad)
-        self.__dict__["_summary_last"] = (key, started, result)
+        self.__dict__["_summary_last"] = (key, started, result, names, deleted)
         return result
 
     @staticmethod

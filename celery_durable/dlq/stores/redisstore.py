@@ -200,30 +200,41 @@ class RedisStore(DumpStore):
     # dumps it has not seen.
     def summaries(self) -> tuple[list[DumpSummary], list[QuarantinedDump]]:
         """Live dumps oldest first as summaries, and what could not be read."""
-        cache: dict[str, DumpSummary | QuarantinedDump]
-        cache = self.__dict__.setdefault("_summary_cache", {})
         try:
             raw: Any = self.client.zrange(self.index_key, 0, -1)
             last = self.__dict__.get("_summary_last")
             if last is not None and last[0] == raw:
                 return last[1]  # the index did not change: nor did any dump
-            ids = [i.decode() for i in raw]
-            missing = [i for i in ids if i not in cache]
-            for start in range(0, len(missing), PAGE):
-                page = missing[start : start + PAGE]
-                values: list[Any] = self.client.hmget(self.data_key, page)
-                for entry_id, value in zip(page, values, strict=True):
-                    if value is not None:
-                        found = self._unframe(entry_id, value)
-                        cache[entry_id] = (
-                            summarize(found) if isinstance(found, DumpEntry) else found
-                        )
+            done = len(last[0]) if last is not None else 0
+            if last is not None and len(raw) > done and raw[:done] == last[0]:
+                # Only appended (new failures come last): read just the new ones.
+                live, bad = self._summarize([i.decode() for i in raw[done:]])
+                result = (last[1][0] + live, last[1][1] + bad)
+            else:
+                ids = [i.decode() for i in raw]
+                cache = self.__dict__.get("_summary_cache", {})
+                if len(cache) > len(ids):  # forget what was deleted meanwhile
+                    present = set(ids)
+                    self.__dict__["_summary_cache"] = {
+                        k: v for k, v in cache.items() if k in present
+                    }
+                result = self._summarize(ids)
         except (redis.RedisError, OSError) as exc:
             raise DumpError(f"cannot read dumps from {self.url}: {exc}") from exc
-        if len(cache) > len(ids):
-            present = set(ids)
-            for entry_id in [i for i in cache if i not in present]:
-                del cache[entry_id]
+        self.__dict__["_summary_last"] = (raw, result)
+        return result
+
+    def _summarize(self, ids: list[str]) -> tuple[list[DumpSummary], list[QuarantinedDump]]:
+        cache: dict[str, DumpSummary | QuarantinedDump]
+        cache = self.__dict__.setdefault("_summary_cache", {})
+        missing = [i for i in ids if i not in cache]
+        for start in range(0, len(missing), PAGE):
+            page = missing[start : start + PAGE]
+            values: list[Any] = self.client.hmget(self.data_key, page)
+            for entry_id, value in zip(page, values, strict=True):
+                if value is not None:
+                    found = self._unframe(entry_id, value)
+                    cache[entry_id] = summarize(found) if isinstance(found, DumpEntry) else found
         live: list[DumpSummary] = []
         bad: list[QuarantinedDump] = []
         for entry_id in ids:
@@ -232,7 +243,6 @@ class RedisStore(DumpStore):
                 live.append(item)
             elif item is not None:
                 bad.append(item)
-        self.__dict__["_summary_last"] = (raw, (live, bad))
         return live, bad
 
     def fetch(self, entry_ids: Iterable[str]) -> list[DumpEntry]:
