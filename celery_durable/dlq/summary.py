@@ -37,18 +37,28 @@ class DumpSummary:
     host: str
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
 def summarize(entry: DumpEntry) -> DumpSummary:
-    info = entry.delivery_info or {}
+    """The list row of ``entry``; a malformed field (a hand-edited or foreign dump) is
+    shown by its ``repr`` or as 0, never trusted to have the right type."""
+    info = entry.delivery_info if isinstance(entry.delivery_info, dict) else {}
+    restores = entry.restores
+    failed_at = entry.failed_at
     return DumpSummary(
-        entry_id=entry.entry_id,
-        task_id=entry.task_id,
-        task_name=entry.task_name,
-        exc_type=entry.exc_type,
-        exc_message=entry.exc_message[:MESSAGE_CHARS],
-        queue=str(info.get("queue") or info.get("routing_key") or ""),
-        failed_at=entry.failed_at,
-        restores=entry.restores,
-        host=entry.host or entry.hostname,
+        entry_id=_text(entry.entry_id),
+        task_id=_text(entry.task_id),
+        task_name=_text(entry.task_name),
+        exc_type=_text(entry.exc_type),
+        exc_message=_text(entry.exc_message)[:MESSAGE_CHARS],
+        queue=_text(info.get("queue") or info.get("routing_key") or ""),
+        failed_at=float(failed_at)
+        if isinstance(failed_at, (int, float)) and not isinstance(failed_at, bool)
+        else 0.0,
+        restores=restores if isinstance(restores, int) and not isinstance(restores, bool) else 0,
+        host=_text(entry.host or entry.hostname),
     )
 
 

@@ -17,7 +17,7 @@ __all__ = ["unpark"]
 
 def unpark(store: DumpStore, entries: Iterable[DumpEntry], max_attempts: int) -> int:
     """Unpark the parked ones among ``entries``; return how many."""
-    old = [e for e in entries if is_parked(e, max_attempts)]
+    old = [e for e in entries if isinstance(e.restores, int) and is_parked(e, max_attempts)]
     if not old:
         return 0
     fresh = []

@@ -34,7 +34,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from ..dlq.base import DumpStore
-from ..dlq.summary import AGES, DumpFilter, DumpSummary, fetch, summaries
+from ..dlq.summary import AGES, DumpFilter, DumpSummary, fetch, summaries, summarize
 from ..dlq.unpark import unpark
 from ..settings import durable_settings
 from .jobs import RestoreJob
@@ -50,22 +50,24 @@ PAGE_SIZE = 50
 CONFIRM_SHOWN = 20
 
 
-def _when(ts: float | None) -> str:
+def _when(ts: Any) -> str:
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S UTC"
-    )
+    try:
+        when = datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):  # a malformed dump's field
+        return repr(ts)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _ago(ts: float | None) -> str:
-    if ts is None:
+def _ago(ts: Any) -> str:
+    if not isinstance(ts, (int, float)):
         return "-"
     return _duration(time.time() - ts)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
         return "-"
     s = max(0, int(seconds))
     if s >= 86400:
@@ -202,7 +204,7 @@ class Console:
             request,
             "detail.html",
             e=entry,
-            parked=entry.restores >= self.max_attempts,
+            parked=summarize(entry).restores >= self.max_attempts,
             max_attempts=self.max_attempts,
         )
 

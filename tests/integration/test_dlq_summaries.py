@@ -81,3 +81,14 @@ def test_summaries_stay_exact_through_mixed_changes(store: DumpStore) -> None:
     add("early", -5)  # a dump that sorts first in redis (imported, older failure)
     assert sorted(listed(store)) == sorted([*expected, "early"])
     assert listed(store) == [e.task_id for e in store.entries()]
+
+
+def test_a_malformed_dump_is_listed_not_trusted(store: DumpStore) -> None:
+    bad = entry("bad", 10)
+    bad.exc_message = ["not", "a", "string"]  # type: ignore[assignment]
+    bad.restores = "3"  # type: ignore[assignment]
+    bad.delivery_info = "nowhere"  # type: ignore[assignment]
+    store.write([bad])
+    (row,) = summaries(store)[0]
+    assert row.exc_message == "['not', 'a', 'string']"
+    assert row.restores == 0 and row.queue == ""
