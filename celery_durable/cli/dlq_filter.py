@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import click
+from celery.bin.base import CeleryOption
 
 from ..dlq.base import DumpEntry
 from ..dlq.summary import AGES, DumpFilter, summarize
@@ -36,18 +37,23 @@ def filter_options(command: F) -> F:
         flt = DumpFilter(exc=exc or "", queue=queue or "", text=search or "", age=age or "")
         return command(*args, flt=flt, **kwargs)
 
+    group = {"cls": CeleryOption, "help_group": "Selection Options"}
     options = (
-        click.option("--exc", metavar="TYPE", help="Only dumps whose exception type is TYPE."),
-        click.option("--queue", metavar="NAME", help="Only dumps taken from queue NAME."),
+        click.option(
+            "--exc", metavar="TYPE", help="Only dumps whose exception type is TYPE.", **group
+        ),
+        click.option("--queue", metavar="NAME", help="Only dumps taken from queue NAME.", **group),
         click.option(
             "--search",
             metavar="TEXT",
             help="Only dumps whose exception message or task id contains TEXT.",
+            **group,
         ),
         click.option(
             "--age",
             type=click.Choice(list(AGES)),
             help="Only dumps that failed within (1h, 24h, 7d) or before (>1h, ...) that.",
+            **group,
         ),
     )
     decorated: Any = wrapper

@@ -11,13 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from celery.bin.base import CeleryOption
 
 from ..dlq.base import DumpEntry
 from ..dlq.summary import DumpFilter
-from ..exceptions import DurableError
-from . import fail, get_app
-from .dlq import dlq, open_cli_store, url_option
+from .base import DurableCommand, fail, get_app
+from .dlq import open_cli_store, url_option
 from .dlq_filter import filter_options, matches
+
+__all__ = ["restore_command"]
 
 
 def _selector(
@@ -42,12 +44,38 @@ def _selector(
     return select
 
 
-@dlq.command(name="restore")
+@click.command(name="restore", cls=DurableCommand)
 @click.argument("task_ids", nargs=-1)
-@click.option("--all", "restore_all", is_flag=True, help="Restore every dump.")
-@click.option("--task", "task_name", metavar="NAME", help="Restore the dumps of one task name.")
-@click.option("--dry-run", is_flag=True, help="Print what would be restored; change nothing.")
-@click.option("--force", is_flag=True, help="Ignore the per-queue rate control.")
+@click.option(
+    "--all",
+    "restore_all",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Selection Options",
+    help="Restore every dump.",
+)
+@click.option(
+    "--task",
+    "task_name",
+    cls=CeleryOption,
+    metavar="NAME",
+    help_group="Selection Options",
+    help="Restore the dumps of one task name.",
+)
+@click.option(
+    "--dry-run",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Restore Options",
+    help="Print what would be restored; change nothing.",
+)
+@click.option(
+    "--force",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Restore Options",
+    help="Ignore the per-queue rate control.",
+)
 @filter_options
 @url_option
 @click.pass_context
@@ -71,12 +99,10 @@ def restore_command(
 
     app = get_app(ctx)
     seen: set[str] = set()
-    try:
-        options = RestoreOptions.from_app(
-            app, batch=None, ignore_backoff=True, include_parked=True, force=force
-        )
-    except DurableError as exc:
-        fail(f"dlq restore: {exc}")
+    # Errors (a bad setting, the broker, the lock) are one line at the command boundary.
+    options = RestoreOptions.from_app(
+        app, batch=None, ignore_backoff=True, include_parked=True, force=force
+    )
     store = open_cli_store(ctx, url)
     try:
         report = restore(
@@ -86,8 +112,6 @@ def restore_command(
             select=_selector(task_ids, task_name, seen, flt, options.max_attempts),
             dry_run=dry_run,
         )
-    except DurableError as exc:
-        fail(f"dlq restore: {exc}")
     finally:
         store.close()
     if report.busy:
@@ -103,6 +127,13 @@ def restore_command(
     else:
         queues = ", ".join(f"{q}: {n}" for q, n in sorted(report.by_queue.items()))
         click.echo(f"restored {report.restored} dump(s)" + (f" ({queues})" if queues else ""))
+    if report.quarantined:
+        _, task_id, reason = report.quarantined[0]
+        more = f" and {len(report.quarantined) - 1} more" if len(report.quarantined) > 1 else ""
+        click.echo(
+            f"quarantined, not restored: task {task_id}: {reason}{more} (`dlq ls` lists them)",
+            err=True,
+        )
     missing = sorted(set(task_ids) - seen)
     if missing:
         fail(f"dlq restore: no dump for task id(s) {', '.join(missing)}")

@@ -8,19 +8,36 @@ so the beat task restores it again after ``durable_restore_backoff``.
 from __future__ import annotations
 
 import click
+from celery.bin.base import CeleryOption
 
 from ..dlq.base import is_parked
 from ..dlq.unpark import unpark
 from ..exceptions import DurableError
 from ..settings import durable_settings
-from . import fail, get_app
-from .dlq import dlq, open_cli_store, url_option
+from .base import DurableCommand, fail, get_app
+from .dlq import open_cli_store, url_option
+
+__all__ = ["unpark_command"]
 
 
-@dlq.command(name="unpark")
+@click.command(name="unpark", cls=DurableCommand)
 @click.argument("task_ids", nargs=-1)
-@click.option("--all", "unpark_all", is_flag=True, help="Unpark every parked dump.")
-@click.option("--task", "task_name", metavar="NAME", help="Unpark the parked dumps of one task.")
+@click.option(
+    "--all",
+    "unpark_all",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Selection Options",
+    help="Unpark every parked dump.",
+)
+@click.option(
+    "--task",
+    "task_name",
+    cls=CeleryOption,
+    metavar="NAME",
+    help_group="Selection Options",
+    help="Unpark the parked dumps of one task.",
+)
 @url_option
 @click.pass_context
 def unpark_command(

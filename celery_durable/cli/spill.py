@@ -15,7 +15,7 @@ import click
 
 from ..options import default_dir
 from ..spill import CheckReport, StoreInfo, StoreLocked, check, list_stores
-from . import durable, fail, get_app
+from .base import DurableGroup, fail, get_app
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +54,7 @@ def resolve_spill_dir(spill_dir: Path | None) -> Path:
     return default_spill_dir()
 
 
-@durable.group(name="spill")
+@click.group(name="spill", cls=DurableGroup)
 def spill() -> None:
     """Local spill stores of the durable transport."""
 

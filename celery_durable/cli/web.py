@@ -8,18 +8,32 @@ any other address unless authentication is configured (see
 from __future__ import annotations
 
 import click
+from celery.bin.base import CeleryOption
 
 from ..exceptions import DurableError
-from . import durable, fail, get_app
+from .base import DurableCommand, fail, get_app
+
+__all__ = ["web"]
 
 DEFAULT_PORT = 5556
+SERVER = {"cls": CeleryOption, "help_group": "Server Options"}
 
 
-@durable.command(name="web")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to bind.")
-@click.option("--read-only", is_flag=True, help="Serve no action (restore, purge, unpark).")
-@click.option("--url", default=None, help="Dump store URL (default: the app's durable_dlq_url).")
+@click.command(name="web", cls=DurableCommand)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.", **SERVER)
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to bind.", **SERVER
+)
+@click.option(
+    "--read-only", is_flag=True, help="Serve no action (restore, purge, unpark).", **SERVER
+)
+@click.option(
+    "--url",
+    default=None,
+    cls=CeleryOption,
+    help_group="Store Options",
+    help="Dump store URL (default: the app's durable_dlq_url).",
+)
 @click.pass_context
 def web(ctx: click.Context, host: str, port: int, read_only: bool, url: str | None) -> None:
     """Serve the dead-letter console: overview, search, detail, restore, purge."""
