@@ -183,3 +183,19 @@ def test_a_real_worker_keeps_its_store_bounded(
         store.close()
     finally:
         worker.terminate()
+
+
+def test_redis_checks_the_byte_bound_at_most_every_interval(redis_server: RedisServer) -> None:
+    store = open_store(f"{redis_server.url}?prefix=thr:dlq")
+    assert isinstance(store, RedisStore)
+    write_each(store, 4, time.time())
+    bound = Retention(max_bytes=int(entry_size(store) * 4.5))
+    assert enforce(store, bound)["max_bytes"] == 0  # checked: within the bound
+    e = entry("later", 200)
+    e.failed_at = time.time() + 100
+    store.write([e])
+    assert enforce(store, bound)["max_bytes"] == 0  # not checked again so soon
+    store.client.delete(store._retention_keys()[5])  # as if the interval had passed
+    assert enforce(store, bound)["max_bytes"] == 1
+    assert store.count() == 4
+    store.close()
