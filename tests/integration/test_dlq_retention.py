@@ -199,3 +199,23 @@ def test_redis_checks_the_byte_bound_at_most_every_interval(redis_server: RedisS
     assert enforce(store, bound)["max_bytes"] == 1
     assert store.count() == 4
     store.close()
+
+
+def test_bounds_hold_across_passes_with_writes_and_deletes_between(store: DumpStore) -> None:
+    bound = Retention(max_entries=5)
+    start = time.time()
+    ids = write_each(store, 3, start)
+    assert enforce(store, bound)["max_entries"] == 0  # within: remembered
+    more = [entry(f"more-{i}", 200) for i in range(3)]
+    for i, e in enumerate(more):
+        e.failed_at = start + 10 + i
+        store.write([e])
+    assert enforce(store, bound)["max_entries"] == 1  # 6 > 5: the oldest goes
+    assert left(store) == ids[1:] + [e.task_id for e in more]
+    store.delete([next(store.entries()).entry_id])  # a restore or purge meanwhile
+    assert enforce(store, bound)["max_entries"] == 0
+    late = entry("late", 200)
+    late.failed_at = start + 20
+    store.write([late])
+    assert enforce(store, bound)["max_entries"] == 0  # 5 again: within
+    assert store.count() == 5
