@@ -251,13 +251,22 @@ class Console:
             return "redirect", "/restore"
         if action == "purge":
             if form.get("confirm") != "yes":
+                keep = {k: v for k, v in form.items() if k not in ("confirm", "csrf", "until")}
+                # What was confirmed is what matched now: dumps that fail after this
+                # page was shown are not purged by confirming it.
+                keep["until"] = repr(time.time())
                 return "confirm", {
                     "count": len(targets),
                     "what": what,
                     "shown": targets[:CONFIRM_SHOWN],
                     "ids": [s.entry_id for s in targets] if form.get("scope") != "matching" else [],
-                    "form": {k: v for k, v in form.items() if k not in ("confirm", "csrf")},
+                    "form": keep,
                 }
+            try:
+                until = float(form.get("until") or "inf")
+            except ValueError:
+                until = float("inf")
+            targets = [s for s in targets if s.failed_at <= until]
             removed = self.store.delete(s.entry_id for s in targets)
             logger.warning("console: purged %d dumps from %s", removed, self.store.url)
             return "redirect", back + "&done=" + quote(f"purged {removed} dumps")

@@ -183,3 +183,39 @@ def test_a_real_worker_keeps_its_store_bounded(
         store.close()
     finally:
         worker.terminate()
+
+
+def test_redis_checks_the_byte_bound_at_most_every_interval(redis_server: RedisServer) -> None:
+    store = open_store(f"{redis_server.url}?prefix=thr:dlq")
+    assert isinstance(store, RedisStore)
+    write_each(store, 4, time.time())
+    bound = Retention(max_bytes=int(entry_size(store) * 4.5))
+    assert enforce(store, bound)["max_bytes"] == 0  # checked: within the bound
+    e = entry("later", 200)
+    e.failed_at = time.time() + 100
+    store.write([e])
+    assert enforce(store, bound)["max_bytes"] == 0  # not checked again so soon
+    store.client.delete(store._retention_keys()[5])  # as if the interval had passed
+    assert enforce(store, bound)["max_bytes"] == 1
+    assert store.count() == 4
+    store.close()
+
+
+def test_bounds_hold_across_passes_with_writes_and_deletes_between(store: DumpStore) -> None:
+    bound = Retention(max_entries=5)
+    start = time.time()
+    ids = write_each(store, 3, start)
+    assert enforce(store, bound)["max_entries"] == 0  # within: remembered
+    more = [entry(f"more-{i}", 200) for i in range(3)]
+    for i, e in enumerate(more):
+        e.failed_at = start + 10 + i
+        store.write([e])
+    assert enforce(store, bound)["max_entries"] == 1  # 6 > 5: the oldest goes
+    assert left(store) == ids[1:] + [e.task_id for e in more]
+    store.delete([next(store.entries()).entry_id])  # a restore or purge meanwhile
+    assert enforce(store, bound)["max_entries"] == 0
+    late = entry("late", 200)
+    late.failed_at = start + 20
+    store.write([late])
+    assert enforce(store, bound)["max_entries"] == 0  # 5 again: within
+    assert store.count() == 5
