@@ -19,6 +19,14 @@ Invariants (each one is tested):
   (:mod:`.directory`).
 * **Corruption never stops the reader.** A record that fails its CRC or
   decoding is moved to the quarantine keyspace, counted and skipped.
+* **Loss is never silent, and a damaged store is never deleted.** Records the
+  counters expect that LevelDB cannot read (a truncated table, a damaged log:
+  LevelDB skips those and plyvel ends the iteration without an error) are
+  counted in the persistent ``lost`` counter, logged and exported; a store with
+  ``lost > 0`` or a read error is not :attr:`~SpillStore.is_intact`, and
+  :meth:`~SpillStore.destroy` moves it to ``quarantine/`` instead of deleting it.
+* **Owner only.** The store directory is ``0700`` and its files ``0600``
+  (:mod:`celery_durable.files`): spilled messages carry task arguments.
 """
 
 from __future__ import annotations
@@ -34,8 +42,17 @@ from pathlib import Path
 import plyvel
 
 from .. import metrics
-from ..exceptions import CorruptRecord, SpillError, SpillFull, VersionMismatch
+from ..exceptions import (
+    ConfigError,
+    CorruptRecord,
+    SpillError,
+    SpillFull,
+    StoreDamaged,
+    VersionMismatch,
+)
+from ..files import private_dir, private_files
 from .check import CheckReport, check
+from .directory import quarantine_store
 from .layout import (
     KEY,
     META_KEY,
@@ -43,7 +60,10 @@ from .layout import (
     REC,
     REC_END,
     StoreLocked,
+    StoreState,
+    damage_note,
     first_created,
+    lost_tables,
     first_key,
     open_db,
     open_lock,
@@ -54,7 +74,7 @@ from .layout import (
 )
 from .record import SpillRecord, decode, encode
 
-__all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreLocked", "check"]
+__all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreDamaged", "StoreLocked", "check"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +89,11 @@ class SpillStore:
     least every ``sync_interval`` seconds while writes happen; a helper thread
     sleeps on an event while nothing is written).  ``max_bytes`` bounds the
     encoded bytes of the backlog (:class:`SpillFull` beyond it).
+
+    Opening raises :class:`StoreLocked` (a live process has it),
+    :class:`StoreDamaged` (LevelDB cannot open it), :class:`SpillError` (the
+    disk or permissions) or :class:`~celery_durable.exceptions.ConfigError`
+    (a bad ``sync`` mode, or a path under a regular file).
     """
 
     def __init__(
@@ -80,7 +105,7 @@ class SpillStore:
         sync_interval: float = 0.5,
     ) -> None:
         if sync not in SYNC_MODES:
-            raise ValueError(f"spill_sync={sync!r}: must be one of {', '.join(SYNC_MODES)}")
+            raise ConfigError(f"spill_sync={sync!r}: must be one of {', '.join(SYNC_MODES)}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.sync = sync
@@ -95,22 +120,23 @@ class SpillStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._damage: str | None = None  # why the store is not intact (read errors)
         self._key = self.path.resolve()
         with open_lock:
             if self._key in open_stores:
                 raise StoreLocked(f"spill store {self.path} is already open in this process")
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SpillError(f"cannot create spill store {self.path}: {exc}") from exc
+            private_dir(self.path, setting="spill_dir", error=SpillError, tighten=True)
             self._db = open_db(self.path, create=True)
             open_stores[self._key] = self
             self._closed = False
+        private_files(self.path)
         try:
             self._state = read_state(self._db)
         except (plyvel.Error, ValueError) as exc:
             self.close()
             raise SpillError(f"cannot read spill store {self.path}: {exc}") from exc
+        if self._state.missing:
+            self._record_loss(self._state, self._state.missing, "at open")
         if sync == "interval":
             self._syncer = threading.Thread(
                 target=self._sync_loop, name=f"spill-sync-{self.path.name}", daemon=True
@@ -130,6 +156,35 @@ class SpillStore:
     def quarantined(self) -> int:
         """Records moved to the quarantine keyspace since the store was created."""
         return self._state.quarantined
+
+    @property
+    def lost(self) -> int:
+        """Records the counters expected that LevelDB could not read, ever (persistent)."""
+        return self._state.lost
+
+    @property
+    def is_intact(self) -> bool:
+        """False once the store had unreadable data: then it is quarantined, never deleted.
+
+        Unreadable data means records lost (:attr:`lost`), a LevelDB read error
+        on this handle, or tables LevelDB's repair could not read (``lost/``).
+        """
+        return self.damage is None
+
+    @property
+    def damage(self) -> str | None:
+        """Why the store is not intact (None while it is)."""
+        if self._state.lost:
+            return f"{self._state.lost} spilled records lost (LevelDB could not read them)"
+        if self._damage is not None:
+            return self._damage
+        note = damage_note(self.path)
+        if note is not None:
+            return note
+        tables = lost_tables(self.path)
+        if tables:
+            return f"LevelDB repair set aside unreadable tables: {', '.join(tables)}"
+        return None
 
     @property
     def last_seq(self) -> int:
@@ -248,7 +303,14 @@ class SpillStore:
                         if len(out) >= limit:
                             break
             except plyvel.Error as exc:
-                raise SpillError(f"spill store {self.path}: read failed: {exc}") from exc
+                # A table or block LevelDB cannot read.  Hand out what came
+                # before it; with nothing before it the store is stuck here.
+                self._damage = f"read failed: {exc}"
+                if not out:
+                    raise StoreDamaged(
+                        f"spill store {self.path}: read failed: {exc} "
+                        "(celery durable spill check --repair salvages what LevelDB can read)"
+                    ) from exc
             if bad:
                 self._quarantine(bad)
             if not out and not bad and self._state.records:
@@ -286,18 +348,35 @@ class SpillStore:
             )
 
     def _reset_empty(self) -> None:
-        # Counters say records wait but the range is empty (LevelDB recovering
-        # a damaged log can drop a batch): the data is the truth.
+        # Counters say records wait but the range is empty: sequence numbers
+        # are dense, so these records were lost (LevelDB skipped a table or
+        # log it could not read, or dropped a batch when recovering a log).
         with self._lock:
             if first_key(self._db, self._state.acked) is not None:
-                return
-            logger.warning(
-                "spill store %s: %d records counted but none stored; resetting counters",
-                self.path,
-                self._state.records,
-            )
-            self._state.mark_empty()
-            self._db.put(META_KEY, self._state.pack(), sync=self._write_sync)
+                return  # an append landed after our iterator was made
+            self._record_loss(self._state, self._state.records, "while draining")
+
+    def _record_loss(self, state: StoreState, n: int, when: str) -> None:
+        """Count ``n`` records as lost, persistently, and say so (log + metric)."""
+        bound = "" if state.counters_known else "up to "
+        after = replace(state, lost=state.lost + n)
+        after.mark_empty()
+        try:
+            self._db.put(META_KEY, after.pack(), sync=True)
+        except plyvel.Error as exc:
+            logger.error("spill store %s: cannot record the loss: %s", self.path, exc)
+        state.lost, state.removed, state.removed_bytes = after.lost, after.removed, after.removed_bytes
+        state.missing = state.missing_bytes = 0
+        metrics.RECORDS_LOST.inc(n)
+        logger.error(
+            "celery-durable: spill store %s: %s%d spilled records lost %s: the counters "
+            "expected them but LevelDB cannot read them (damaged table or log); "
+            "the store will be quarantined, not deleted",
+            self.path,
+            bound,
+            n,
+            when,
+        )
 
     def ack(self, upto_seq: int) -> None:
         """Delete every record with ``seq <= upto_seq`` (one atomic batch)."""
@@ -347,6 +426,7 @@ class SpillStore:
             self._db.compact_range(start=b"\x00", stop=b"\xff")
         except plyvel.Error as exc:
             raise SpillError(f"spill store {self.path}: compaction failed: {exc}") from exc
+        private_files(self.path)
 
     def quarantine_items(self) -> list[tuple[int, bytes]]:
         """``(seq, encoded bytes)`` of every quarantined record, for inspection."""
@@ -395,6 +475,7 @@ class SpillStore:
                 with open_lock:
                     if open_stores.get(self._key) is self:
                         del open_stores[self._key]
+        private_files(self.path)
 
     def destroy(self, *, force: bool = False) -> bool:
         """Close the store and delete its directory if it is empty; True if deleted.
@@ -402,7 +483,12 @@ class SpillStore:
         Emptiness is checked on the data (a seek), not the counters, so a
         racing append or a counter that is off can never make this lose a
         record: a store that still holds one is only closed, and a warning
-        logged (it will be adopted and drained later).  ``force`` deletes anyway.
+        logged (it will be adopted and drained later).  ``force`` deletes a
+        store that still holds records.
+
+        A store that is not :attr:`is_intact` (it had unreadable data) is
+        never deleted, ``force`` or not: it is closed and moved to
+        ``quarantine/`` (:func:`~.directory.quarantine_store`), and False returned.
         """
         if not self._closed and not force:
             with self._read_lock, self._lock:
@@ -415,7 +501,11 @@ class SpillStore:
                 )
                 self.close()
                 return False
+        damage = self.damage
         self.close()
+        if damage is not None:
+            quarantine_store(self.path, damage)
+            return False
         shutil.rmtree(self.path, ignore_errors=True)
         return True
 
@@ -429,3 +519,4 @@ class SpillStore:
         if self._closed:
             return f"<SpillStore {self.path} closed>"
         return f"<SpillStore {self.path} {len(self)} records, {self.backlog_bytes} bytes>"
+
