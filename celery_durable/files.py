@@ -18,6 +18,7 @@ is told to tighten (stores created ``0755`` by older versions).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -102,10 +103,9 @@ def private_files(directory: str | os.PathLike[str]) -> None:
 
 
 def _chmod(path: Path, mode: int) -> None:
-    try:
+    # Not ours, or a read-only mount: the open that follows reports what matters.
+    with contextlib.suppress(OSError):
         os.chmod(path, mode)
-    except OSError:
-        pass  # not ours, or a read-only mount: the open that follows reports it
 
 
 def _reason(exc: OSError) -> str:

@@ -194,18 +194,44 @@ def check_cmd(spill_dir: Path | None, repair: bool, stores: tuple[Path, ...]) ->
         fail(f"{bad} of {len(paths) - skipped} spill store(s) have problems{hint}")
 
 
+def _counter(name: str) -> int:
+    from prometheus_client import REGISTRY
+
+    return int(REGISTRY.get_sample_value(name) or 0)
+
+
 @spill.command(name="drain")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the backlog to reach the broker.")  # fmt: skip
 @click.pass_context
 def drain(ctx: click.Context, timeout: float) -> None:
-    """Adopt the stores of dead processes and forward their backlog to the broker now."""
+    """Adopt the stores of dead processes and forward their backlog to the broker now.
+
+    Stores with unreadable data are never deleted: adoption moves them to
+    quarantine/.  They are listed, and the command exits non-zero while any is
+    there (what LevelDB can still read: spill check --repair, see the runbook).
+    """
     from ..transport.appconf import drain_orphans, durable_config
 
     app = get_app(ctx)
-    if durable_config(app) is None:
+    config = durable_config(app)
+    if config is None:
         fail("the app's broker_url does not use the durable transport (durable+redis://)")
+    before = (
+        _counter("celery_durable_drained_total"),
+        _counter("celery_durable_spill_records_lost_total"),
+    )
     found, left = drain_orphans(app, timeout)
     if left:
         fail(f"drained {found - left} of {found} spilled messages; {left} left (broker down?)")
-    click.echo(f"drained {found} spilled message(s)")
+    drained = _counter("celery_durable_drained_total") - before[0]
+    lost = _counter("celery_durable_spill_records_lost_total") - before[1]
+    click.echo(
+        f"drained {drained} spilled message(s)"
+        + (f"; {lost} counted but unreadable (lost)" if lost else "")
+    )
+    damaged = [i for i in list_stores(config.store_dir) if i.damaged and not i.alive]
+    for info in damaged:
+        click.echo(f"DAMAGED {info.path}: {damage_text(info)}")
+    if damaged:
+        fail(f"{len(damaged)} spill store(s) with unreadable data kept aside (never deleted)")

@@ -177,9 +177,8 @@ def _expected(state: StoreState) -> int:
 
 def _scan(db: plyvel.DB, report: CheckReport, repair: bool, before: StoreState | None) -> None:
     state = read_state(db)
-    if before is not None and (before.counters_known or not state.counters_known):
-        if _expected(before) > _expected(state) or not state.counters_known:
-            state = before  # the repair lost counters it had: trust the earlier ones
+    if before is not None and (not state.counters_known or _expected(before) > _expected(state)):
+        state = before  # the repair lost counters it had: trust the earlier ones
     report.meta_records = state.records + state.missing
     report.meta_bytes = state.nbytes + state.missing_bytes
     report.lost, report.counters_known = state.lost, state.counters_known

@@ -112,9 +112,7 @@ def _candidates(spill_dir: str | os.PathLike[str]) -> list[Path]:
     found = [
         p
         for p in root.iterdir()
-        if p.name != QUARANTINE
-        and p.is_dir()
-        and ((p / "CURRENT").exists() or has_data_files(p))
+        if p.name != QUARANTINE and p.is_dir() and ((p / "CURRENT").exists() or has_data_files(p))
     ]
     return sorted(found, key=_age_key)
 

@@ -63,8 +63,8 @@ from .layout import (
     StoreState,
     damage_note,
     first_created,
-    lost_tables,
     first_key,
+    lost_tables,
     open_db,
     open_lock,
     open_stores,
@@ -365,7 +365,8 @@ class SpillStore:
             self._db.put(META_KEY, after.pack(), sync=True)
         except plyvel.Error as exc:
             logger.error("spill store %s: cannot record the loss: %s", self.path, exc)
-        state.lost, state.removed, state.removed_bytes = after.lost, after.removed, after.removed_bytes
+        state.lost, state.removed = after.lost, after.removed
+        state.removed_bytes = after.removed_bytes
         state.missing = state.missing_bytes = 0
         metrics.RECORDS_LOST.inc(n)
         logger.error(
@@ -519,4 +520,3 @@ class SpillStore:
         if self._closed:
             return f"<SpillStore {self.path} closed>"
         return f"<SpillStore {self.path} {len(self)} records, {self.backlog_bytes} bytes>"
-
