@@ -35,6 +35,7 @@ from .layout import (
     has_data_files,
     open_db,
     open_paths,
+    read_error,
     read_state,
 )
 
@@ -185,6 +186,12 @@ def find_orphans(spill_dir: str | os.PathLike[str]) -> list[Path]:
             continue
         try:
             db = open_db(path, create=False)
+            try:
+                read_state(db)  # the seeks adoption will do: a table LevelDB cannot read
+            except (plyvel.Error, ValueError) as exc:
+                raise read_error(path, exc) from exc
+            finally:
+                db.close()
         except StoreLocked:
             continue
         except StoreDamaged as exc:
@@ -196,7 +203,6 @@ def find_orphans(spill_dir: str | os.PathLike[str]) -> list[Path]:
         except SpillError as exc:
             logger.error("celery-durable: cannot adopt spill store %s: %s", path, exc)
             continue
-        db.close()
         orphans.append(path)
     return orphans
 
@@ -249,7 +255,7 @@ def _info(path: Path) -> StoreInfo:
         if state.records:
             info.oldest_created = first_created(db, state.acked)
     except (plyvel.Error, ValueError) as exc:
-        info.error = f"cannot read counters: {exc}"
+        info.error = str(read_error(path, exc))
     finally:
         db.close()
     return info

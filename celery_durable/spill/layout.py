@@ -230,6 +230,25 @@ def lost_tables(path: Path) -> list[str]:
         return []
 
 
+#: Read errors that say nothing about the data (retry later, never quarantine).
+_TRANSIENT = ("Too many open files", "Cannot allocate memory", "Interrupted system call")
+
+
+def read_error(path: Path, exc: BaseException) -> SpillError:
+    """The error for a LevelDB read failure: :class:`StoreDamaged` unless it is transient.
+
+    A table LevelDB cannot read (truncated: "Invalid argument", a bad block:
+    Corruption) is damage; running out of file handles or memory is not.
+    """
+    text = _text(exc)
+    if isinstance(exc, plyvel.Error) and not any(t in text for t in _TRANSIENT):
+        return StoreDamaged(
+            f"spill store {path} is damaged: read failed: {text} "
+            "(celery durable spill check --repair salvages what LevelDB can read)"
+        )
+    return SpillError(f"spill store {path}: read failed: {text}")
+
+
 def _text(exc: BaseException) -> str:
     arg = exc.args[0] if exc.args else exc
     return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)

@@ -68,6 +68,7 @@ from .layout import (
     open_db,
     open_lock,
     open_stores,
+    read_error,
     read_state,
     rkey,
     seq_of,
@@ -133,8 +134,9 @@ class SpillStore:
         try:
             self._state = read_state(self._db)
         except (plyvel.Error, ValueError) as exc:
-            self.close()
-            raise SpillError(f"cannot read spill store {self.path}: {exc}") from exc
+            self._state = StoreState()  # never written: close() must not overwrite the meta
+            self._closed_without_meta()
+            raise read_error(self.path, exc) from exc
         if self._state.missing:
             self._record_loss(self._state, self._state.missing, "at open")
         if sync == "interval":
@@ -305,12 +307,11 @@ class SpillStore:
             except plyvel.Error as exc:
                 # A table or block LevelDB cannot read.  Hand out what came
                 # before it; with nothing before it the store is stuck here.
-                self._damage = f"read failed: {exc}"
+                error = read_error(self.path, exc)
+                if isinstance(error, StoreDamaged):
+                    self._damage = str(error)
                 if not out:
-                    raise StoreDamaged(
-                        f"spill store {self.path}: read failed: {exc} "
-                        "(celery durable spill check --repair salvages what LevelDB can read)"
-                    ) from exc
+                    raise error from exc
             if bad:
                 self._quarantine(bad)
             if not out and not bad and self._state.records:
@@ -455,6 +456,14 @@ class SpillStore:
                     self._db.put(META_KEY, self._state.pack(), sync=True)
                 except plyvel.Error as exc:  # pragma: no cover - disk failure
                     logger.error("spill store %s: interval sync failed: %s", self.path, exc)
+
+    def _closed_without_meta(self) -> None:
+        with self._read_lock, self._lock:
+            self._closed = True
+            self._db.close()
+            with open_lock:
+                if open_stores.get(self._key) is self:
+                    del open_stores[self._key]
 
     def close(self) -> None:
         """Close the store (idempotent); the meta is written (and synced) once more."""

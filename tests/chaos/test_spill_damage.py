@@ -202,3 +202,39 @@ def test_flipped_log_byte_loses_one_batch_counted_and_the_rest_drains(env: Env) 
     assert "DAMAGED" in [p.name for p in env.quarantined.iterdir()]
     rc, out = env.cli("spill", "ls")
     assert rc == 0 and f"DAMAGED {env.quarantined}" in out, out
+
+
+def test_unreadable_first_table_quarantines_and_repair_salvages_the_second(env: Env) -> None:
+    """The damaged table is in the middle of the backlog: reads fail (not end) there."""
+    from celery_durable.spill import SpillRecord, SpillStore
+
+    def records(lo: int, hi: int) -> list[SpillRecord]:
+        return [
+            SpillRecord(body=b"%d|" % i + os.urandom(300), exchange="", routing_key="damaged")
+            for i in range(lo, hi)
+        ]
+
+    with SpillStore(env.store) as store:
+        store.extend(records(0, N // 2))
+        store.compact()  # table A: the first half
+        store.extend(records(N // 2, N))
+        store.compact()  # table B: the second half (A is already at the bottom level)
+    tables = sorted(env.store.glob("*.ldb"), key=lambda p: int(p.stem))
+    assert len(tables) == 2, tables
+    with open(tables[0], "r+b") as fh:
+        fh.truncate(tables[0].stat().st_size // 2)
+
+    rc, out = env.cli("spill", "ls")
+    assert rc == 0 and f"DAMAGED {env.store}" in out and "read failed" in out, out
+    rc, out = env.cli("spill", "drain", "--timeout", "20")
+    assert rc != 0 and env.quarantined.is_dir() and not env.store.exists(), out
+    assert body_numbers(env) == []
+
+    rc, out = env.cli("spill", "check", "--repair", str(env.quarantined))
+    assert rc != 0, out
+    assert f"{N // 2} records LOST (the repair recovered {N // 2} of {N})" in out, out
+    shutil.move(str(env.quarantined), str(env.store))
+    rc, out = env.cli("spill", "drain", "--timeout", "60")
+    assert rc != 0 and f"drained {N // 2} spilled message(s)" in out, out
+    assert body_numbers(env) == list(range(N // 2, N))
+    assert env.quarantined.is_dir() and list((env.quarantined / "lost").glob("*.ldb"))
