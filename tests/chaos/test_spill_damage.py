@@ -148,6 +148,9 @@ def test_truncated_table_is_reported_lost_and_quarantined_never_deleted(env: Env
 
     rc, out = env.cli("spill", "ls")
     assert rc == 0 and f"DAMAGED {env.quarantined}" in out and "quarantined (" in out, out
+    rc, out = env.cli("status")
+    assert rc == 0 and "QUARANTINED (unreadable data, never deleted)" in out, out
+    assert f"{N} lost" in out, out
     assert body_numbers(env) == []
 
 
