@@ -199,7 +199,12 @@ class SpillStore:
         if self._state.records <= 0 or self._closed:
             return None
         if not self._oldest_known:
-            self._oldest, self._oldest_known = first_created(self._db, self._state.acked), True
+            try:
+                oldest = first_created(self._db, self._state.acked)
+            except plyvel.Error as exc:  # a gauge must not fail: peek reports the damage
+                logger.debug("spill store %s: oldest record unreadable: %s", self.path, exc)
+                return None
+            self._oldest, self._oldest_known = oldest, True
         return self._oldest
 
     @property
@@ -353,8 +358,11 @@ class SpillStore:
         # are dense, so these records were lost (LevelDB skipped a table or
         # log it could not read, or dropped a batch when recovering a log).
         with self._lock:
-            if first_key(self._db, self._state.acked) is not None:
-                return  # an append landed after our iterator was made
+            try:
+                if first_key(self._db, self._state.acked) is not None:
+                    return  # an append landed after our iterator was made
+            except plyvel.Error as exc:
+                raise read_error(self.path, exc) from exc
             self._record_loss(self._state, self._state.records, "while draining")
 
     def _record_loss(self, state: StoreState, n: int, when: str) -> None:
@@ -398,6 +406,10 @@ class SpillStore:
                     for key, value in it:
                         keys.append(key)
                         freed += len(value)
+                        if seq_of(key) >= upto_seq:
+                            # Stop here: stepping on would open the next table,
+                            # which may be the unreadable one peek stopped at.
+                            break
                 with self._lock:
                     after = replace(
                         state,
@@ -502,7 +514,11 @@ class SpillStore:
         """
         if not self._closed and not force:
             with self._read_lock, self._lock:
-                left = first_key(self._db, self._state.acked) if not self._closed else None
+                try:
+                    left = first_key(self._db, self._state.acked) if not self._closed else None
+                except plyvel.Error as exc:
+                    left = None  # unreadable from the head on: quarantined below
+                    self._damage = str(read_error(self.path, exc))
             if left is not None:
                 logger.warning(
                     "spill store %s still holds records (from seq %d): closed, not deleted",

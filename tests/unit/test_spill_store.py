@@ -9,9 +9,18 @@ import plyvel
 import pytest
 
 from celery_durable import metrics
-from celery_durable.exceptions import ConfigError, SpillError, SpillFull
+from celery_durable.exceptions import ConfigError, SpillError, SpillFull, StoreDamaged
 from celery_durable.spill import SpillRecord, SpillStore, StoreLocked, check, encode
-from celery_durable.spill.layout import KEY, META, META_KEY, META_V1, REC, find_key
+from celery_durable.spill.layout import (
+    KEY,
+    META,
+    META_KEY,
+    META_V1,
+    REC,
+    REC_END,
+    find_key,
+    rkey,
+)
 from tests.helpers.wait import wait_for
 
 
@@ -436,3 +445,31 @@ def test_damaged_meta_is_rebuilt_from_the_keys(path: Path) -> None:
         assert len(store) == 3 and store.backlog_bytes == expected
         assert ids(store.peek(10)) == [0, 1, 2]
         assert store.append(rec(3)) == 4
+
+
+def test_unreadable_table_mid_backlog_hands_out_what_precedes_then_store_damaged(
+    path: Path,
+) -> None:
+    """The drainer gets every readable record before the damage, then a clear error;
+    the store is then not intact, so destroy() quarantines instead of deleting."""
+    with SpillStore(path) as store:
+        for lo in (0, 300, 600):
+            store.extend([rec(i, size=300) for i in range(lo, lo + 300)])
+            store._db.compact_range(start=rkey(lo + 1), stop=REC_END)  # one table each
+    tables = sorted(path.glob("*.ldb"), key=lambda p: int(p.stem))
+    assert len(tables) == 3, tables
+    with open(tables[1], "r+b") as fh:
+        fh.truncate(tables[1].stat().st_size // 2)
+    with SpillStore(path) as store:
+        assert store.is_intact and len(store) == 900
+        got = []
+        with pytest.raises(StoreDamaged, match=f"{tables[1].name}.*check --repair"):
+            while items := store.peek(128):
+                got.extend(items)
+                store.ack(items[-1][0])
+        assert ids(got) == list(range(300))
+        assert not store.is_intact and "read failed" in (store.damage or "")
+        assert store.destroy() is False
+    moved = path.parent / "quarantine" / path.name
+    assert not path.exists()
+    assert {p.name for p in tables} <= {p.name for p in moved.glob("*.ldb")}
