@@ -140,6 +140,10 @@ def quarantine_store(path: str | os.PathLike[str], reason: str) -> Path:
         target = box / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(2)}"
     try:
         os.rename(path, target)
+    except FileNotFoundError:
+        # Another process probing the same orphan moved it first.
+        logger.info("spill store %s already moved aside by another process", path)
+        return target
     except OSError as exc:
         raise SpillError(f"cannot move damaged spill store {path} aside: {exc}") from exc
     try:
