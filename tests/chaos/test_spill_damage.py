@@ -166,13 +166,22 @@ def test_check_repair_of_a_truncated_table_says_how_many_records_are_gone(env: E
     assert list((env.quarantined / "lost").glob("*.ldb")), "lost/ must survive"
 
 
-def test_store_without_current_is_listed_quarantined_and_repair_recovers_it(env: Env) -> None:
+@pytest.mark.parametrize("damage", ["no CURRENT", "truncated MANIFEST"])
+def test_store_without_current_is_listed_quarantined_and_repair_recovers_it(
+    env: Env, damage: str
+) -> None:
     env.write(compact=True)
-    (env.store / "CURRENT").unlink()
+    if damage == "no CURRENT":
+        (env.store / "CURRENT").unlink()
+        reason = "CURRENT file is missing"
+    else:
+        (manifest,) = env.store.glob("MANIFEST-*")
+        os.truncate(manifest, 10)
+        reason = "is damaged: Corruption"
 
     rc, out = env.cli("spill", "ls")
     assert rc == 0 and env.store.name in out, out
-    assert "CURRENT file is missing" in out, out
+    assert reason in out, out
 
     rc, out = env.cli("spill", "drain", "--timeout", "20")
     assert rc != 0 and "unreadable data kept aside" in out, out
