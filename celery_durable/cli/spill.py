@@ -113,8 +113,12 @@ def ls(spill_dir: Path | None) -> None:
     active = [i for i in infos if i.quarantine is None]
     waiting = sum(i.records or 0 for i in active if not i.alive)
     orphans = sum(1 for i in active if not i.alive)
+    unknown = sum(1 for i in active if not i.alive and i.records is None)
     if orphans:
-        click.echo(f"{orphans} store(s) without a live owner hold {waiting} record(s)")
+        click.echo(
+            f"{orphans} store(s) without a live owner hold {waiting} record(s)"
+            + (f" ({unknown} unreadable: not counted)" if unknown else "")
+        )
     for info in infos:
         if info.damaged:
             click.echo(f"DAMAGED {info.path}: {damage_text(info)}")
@@ -126,7 +130,7 @@ def damage_text(info: StoreInfo) -> str:
     if info.quarantine is not None:
         parts.append(f"quarantined ({info.quarantine})")
     if info.error:
-        parts.append(info.error)
+        parts.append(info.error.replace(f"spill store {info.path} ", ""))
     elif info.lost:
         parts.append(f"{info.lost} records lost")
     parts.append("run: celery durable spill check --repair " + str(info.path))
