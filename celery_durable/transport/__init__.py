@@ -56,9 +56,15 @@ from kombu.utils.imports import symbol_by_name
 
 from .. import TRANSPORTS
 from ..exceptions import ConfigError
-from .url import PREFIX
+from .url import PREFIX, check_url
 
-__all__ = ["Transport", "failover_next", "failover_reached", "transport_class"]
+__all__ = [
+    "Transport",
+    "failover_next",
+    "failover_reached",
+    "failover_urls",
+    "transport_class",
+]
 
 #: Inner scheme of a connection that names no scheme (a bare host name).
 DEFAULT_SCHEME = "redis"
@@ -102,6 +108,26 @@ def _inner_url(client: Any) -> str:
 _FAILOVER_ROUND: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
+def failover_urls(client: Any) -> set[str]:
+    """The inner URLs of a connection's ``durable+`` failover URLs (each one checked).
+
+    A malformed or unsupported alternate is a ConfigError now, not a raw
+    error from Kombu's ``switch()`` in the middle of an outage.
+    """
+    from kombu import Connection
+
+    urls = set()
+    for alternate in getattr(client, "alt", None) or ():
+        if not isinstance(alternate, str) or "://" not in alternate:
+            continue
+        if not alternate.startswith(f"{PREFIX}+"):
+            check_url(alternate)  # someone else's transport: only a parse check
+            continue
+        one = Connection(alternate)  # no transport is built: Kombu only splits it
+        urls.add(transport_class(inner_scheme(one)).address_of(one).url())
+    return urls
+
+
 def failover_next(client: Any, url: str) -> bool:
     """Whether a connection that found ``url`` down should fail over to its next URL.
 
@@ -113,14 +139,14 @@ def failover_next(client: Any, url: str) -> bool:
     offline, publishes spill and drain to it), so a full outage costs one
     failed connect per URL and never Kombu's retry sleep.
     """
-    urls = len(getattr(client, "alt", None) or ())
-    if urls < 2:
+    urls = failover_urls(client) | {url}
+    if len(urls) < 2:
         return False
     tried = _FAILOVER_ROUND.setdefault(client, set())
-    if url in tried or len(tried) + 1 >= urls:
+    tried.add(url)
+    if urls <= tried:
         tried.clear()
         return False
-    tried.add(url)
     return True
 
 

@@ -35,11 +35,11 @@ from kombu.transport.virtual.base import queue_declare_ok_t
 
 from ..exceptions import ConfigError
 from ..spill import SpillRecord
-from . import Transport, failover_next, failover_reached, transport_class
+from . import Transport, failover_next, failover_reached, failover_urls, transport_class
 from .forwarder import Forwarder
 from .options import split_options
 from .spiller import Spiller, get_spiller
-from .url import Address, check_alternates, inner_address, present
+from .url import Address, inner_address, present
 
 __all__ = ["BROKER_DOWN", "DurableRedisChannel", "DurableRedisTransport", "GuardedRedisTransport"]
 
@@ -328,7 +328,7 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         address = self.address_of(client)
-        check_alternates(client)
+        failover_urls(client)  # a bad failover URL fails now, not mid-outage
         options, inner_options = split_options(client.transport_options or {})
         present(client, address)
         self.address = address

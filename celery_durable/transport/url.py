@@ -25,7 +25,7 @@ from kombu.utils.url import as_url, parse_url
 
 from ..exceptions import ConfigError
 
-__all__ = ["PREFIX", "Address", "check_alternates", "inner_address", "present"]
+__all__ = ["PREFIX", "Address", "check_url", "inner_address", "present"]
 
 #: The scheme prefix Kombu splits off (``durable+redis://`` -> transport ``durable``).
 PREFIX = "durable"
@@ -110,11 +110,9 @@ def present(client: Any, address: Address) -> None:
     client.uri_prefix = None
 
 
-def check_alternates(client: Any) -> None:
-    """Fail now, not mid-failover, on a failover URL that cannot be parsed."""
-    for alternate in getattr(client, "alt", None) or ():
-        if isinstance(alternate, str) and "://" in alternate:
-            _parse(alternate, client)
+def check_url(url: str) -> None:
+    """Raise :class:`ConfigError` (naming ``broker_url``) if Kombu cannot parse ``url``."""
+    _parse(url)
 
 
 def _scheme_of(client: Any, default: str) -> str:
