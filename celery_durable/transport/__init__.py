@@ -16,11 +16,27 @@ Connection String
 =================
 .. code-block::
 
-    durable+redis://[USER:PASSWORD@]REDIS_ADDRESS[:PORT][/VIRTUALHOST]
-    durable+rediss://...
+    durable+redis://[USER:PASSWORD@]REDIS_ADDRESS[:PORT][/DB]
+    durable+rediss://[USER:PASSWORD@]REDIS_ADDRESS[:PORT][/DB][?ssl_cert_reqs=...]
+    durable+redis://HOST_A[:PORT][/DB];durable+redis://HOST_B[:PORT][/DB]   (failover)
 
 or ``broker_transport = "celery_durable.transport:Transport"`` with a plain
-``redis://`` URL.
+``redis://`` URL.  Defaults: ``localhost``, port 6379, database 0.  The
+connection presents the inner broker: ``Connection.info()`` gives its host,
+port and database (as ``redis://`` does), ``transport_cls`` becomes the alias
+``durable+redis`` (``durable+rediss``), which ``clone()``, pools, pickling and
+failover resolve to the same class, and ``as_uri()`` keeps the ``durable+``
+scheme.  ``durable+rediss://`` verifies the server certificate unless
+``ssl_cert_reqs`` (URL or ``broker_use_ssl``) says otherwise.  A malformed URL
+(port outside 1-65535, a database that is not a number, an unsupported inner
+scheme), failover URLs included, is a
+:class:`~celery_durable.exceptions.ConfigError` naming ``broker_url``.
+
+Failover URLs: with more than one URL a durable connection refuses a broker
+that is down, so Kombu moves to the next one at once; when every URL is down
+it stays on the last one tried and publishes spill (and drain to that broker).
+A broker that dies under an established connection is an outage, not a
+failover: its publishes spill and drain to it when it is back.
 
 Transport Options
 =================
