@@ -43,7 +43,7 @@ from tests.integration.kombu_mixins.redis_tests import (
 @pytest.fixture(autouse=True)
 def _close_spillers() -> Iterator[None]:
     yield
-    shutdown_all(0.0)  # nothing is left to drain: every test talks to a live redis
+    shutdown_all(0.0)  # what the dead-broker tests spilled stays in this test's tmp dir
 
 
 @pytest.fixture(params=[None, {"global_keyprefix": "_prefixed_"}], ids=["plain", "keyprefix"])

@@ -184,6 +184,9 @@ def test_a_malformed_url_is_a_config_error_naming_broker_url(url: str, match: st
         conn.transport  # noqa: B018
     with pytest.raises(ConfigError, match="broker_url"):
         Producer(Connection(url)).publish({"x": 1}, routing_key="q")
+    # What `celery durable status` reads (without building a transport).
+    with pytest.raises(ConfigError, match="broker_url"):
+        durable_transport._inner_url(Connection(url))
 
 
 def test_a_malformed_url_never_shows_the_password() -> None:
