@@ -117,6 +117,7 @@ def _inner_url(client: Any) -> str:
     Reads the connection only: the CLI uses it to find a broker's stores
     without building a transport.
     """
+    failover_urls(client)  # the same checks as building the transport
     return transport_class(inner_scheme(client)).address_of(client).url()
 
 
