@@ -160,10 +160,12 @@ def failover_next(client: Any, url: str) -> bool:
     if len(urls) < 2:
         return False
     tried = _FAILOVER_ROUND.setdefault(client, set())
-    tried.add(url)
-    if urls <= tried:
+    # Back at a URL already tried: Kombu's switch() keeps the previous port or
+    # database when an alternate omits them, so a URL may not look as written.
+    if url in tried or urls <= tried | {url}:
         tried.clear()
         return False
+    tried.add(url)
     return True
 
 

@@ -200,3 +200,18 @@ def test_a_celery_publish_to_a_malformed_url_is_a_config_error() -> None:
     app = Celery("t", broker="durable+redis://127.0.0.1:99999/0", set_as_current=False)
     with pytest.raises(ConfigError, match="broker_url"):
         app.send_task("anything", retry=False)
+
+
+# -- 9.8: failover URLs when every broker is down ---------------------------------------
+
+
+@pytest.mark.parametrize("second", ["127.0.0.1:{p2}/0", "127.0.0.1"])
+def test_every_failover_url_down_connects_and_publishing_spills(second: str) -> None:
+    # The second form omits the port: Kombu's switch() then keeps the first
+    # URL's port (as for redis://), so that URL never looks as written.
+    p1, p2 = free_port(), free_port()
+    conn = Connection(f"durable+redis://127.0.0.1:{p1}/0;durable+redis://{second.format(p2=p2)}")
+    assert conn.connect()
+    Producer(conn.default_channel).publish({"x": 1}, routing_key="q")
+    assert conn.transport.spiller.backlog() == 1
+    conn.release()
