@@ -109,9 +109,10 @@ def tls_redis(tmp_path: Path) -> Iterator[TLSRedis]:
 
 
 def test_rediss_publishes_over_tls_and_drains_a_backlog_over_tls(tls_redis: TLSRedis) -> None:
-    # Before: the drainer connected to the inner URL without TLS (Kombu turns
-    # rediss:// into TLS only for the transport named "rediss"), so a backlog
-    # spilled for a durable+rediss:// broker never reached it.
+    # Before: the channel spoke plaintext to a TLS redis (Kombu's _connparams
+    # always sets connection_class, so the old "rediss -> SSL class" branch never
+    # applied, and the URL's ssl_* options never reached the channel): every
+    # publish spilled, and consuming failed with "Connection reset by peer".
     url = f"durable+rediss://127.0.0.1:{tls_redis.port}/0?ssl_ca_certs={tls_redis.cert}"
     queue = kombu.Queue("tls", routing_key="tls")
     with kombu.Connection(url) as conn:
