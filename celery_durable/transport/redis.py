@@ -15,9 +15,14 @@ own (we subclass, so the worker sees ``driver_type == "redis"`` and the same
   connection bound queues to it means redis lost its binding tables (a restart
   without persistence); the bindings are written again and the route retried,
   instead of Kombu's silent drop.
-* The inner URL is re-parsed (Kombu would connect ``durable+redis://h:p/db``
-  to localhost:6379/0), and the publishing socket gets ``publish_timeout`` as
-  its socket and connect timeouts so a frozen redis cannot hang a publish.
+* The transport rewrites its connection to the inner broker's address
+  (Kombu would connect ``durable+redis://h:p/db`` to localhost:6379/0 and
+  report the whole URL as the host name; see :mod:`.url`), and the publishing
+  socket gets ``publish_timeout`` as its socket and connect timeouts so a
+  frozen redis cannot hang a publish.
+* With failover URLs, connecting refuses a dead broker until every URL was
+  tried, so Kombu's ``ensure_connection`` can switch (see
+  :func:`~celery_durable.transport.failover_next`).
 """
 
 from __future__ import annotations
