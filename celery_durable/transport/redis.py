@@ -361,7 +361,10 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
             # Kombu's rediss:// falls back to CERT_NONE (with a warning); we keep
             # redis-py's default and verify the certificate unless told otherwise.
             tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-        return replace(address, virtual_host=str(int(vhost)), ssl=tls)
+        # rediss is redis with TLS: one name per broker, whichever way the TLS
+        # options came (URL, broker_use_ssl, or a clone that carries only them).
+        scheme = "rediss" if tls else "redis"
+        return replace(address, scheme=scheme, virtual_host=str(int(vhost)), ssl=tls)
 
     def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
         return self.address.as_uri(include_password, mask)

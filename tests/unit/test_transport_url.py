@@ -159,6 +159,18 @@ def test_the_same_broker_has_one_identity_however_it_is_reached() -> None:
     assert urls == {f"redis://127.0.0.1:{port}/0"}
 
 
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+def test_a_clone_of_a_connection_never_used_has_the_same_identity(scheme: str) -> None:
+    # clone() reads info() before the transport has rewritten transport_cls:
+    # the clone gets the entry alias with host, port and TLS options only.
+    url = f"durable+{scheme}://127.0.0.1:{free_port()}/1"
+    clone = Connection(url).clone()
+    assert clone.transport.inner_url == Connection(url).transport.inner_url
+    assert clone.transport_cls == f"durable+{scheme}"
+    tls = Connection(url.replace("rediss", "redis"), ssl={"ssl_cert_reqs": ssl.CERT_NONE})
+    assert tls.transport_cls == "durable" and tls.transport.address.scheme == "rediss"
+
+
 def test_the_cli_reads_the_same_identity_without_building_a_transport() -> None:
     conn = Connection("durable+redis://u:pw@127.0.0.1:6390/2")
     assert durable_transport._inner_url(conn) == "redis://u:pw@127.0.0.1:6390/2"
