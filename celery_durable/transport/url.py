@@ -74,12 +74,14 @@ def inner_address(
     if "://" in hostname:
         # The inner URL, as Kombu left it.  Its parts win over separately given
         # fields (Celery's broker_port/broker_user...), as for a plain URL.
-        url = _parse(hostname)
+        url = _parse(hostname, _shown(client))
         scheme = url.pop("transport") or scheme
         hostname = url.get("hostname") or ""
     port = url.get("port") or client.port or default_port
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
-        raise ConfigError(_bad(client, f"port must be 1-65535, got {port!r}"))
+        raise ConfigError(_bad(_shown(client), f"port must be 1-65535, got {port!r}"))
     return Address(
         scheme=scheme,
         hostname=hostname or "localhost",
@@ -112,7 +114,7 @@ def present(client: Any, address: Address) -> None:
 
 def check_url(url: str) -> None:
     """Raise :class:`ConfigError` (naming ``broker_url``) if Kombu cannot parse ``url``."""
-    _parse(url)
+    _parse(url, url)
 
 
 def _scheme_of(client: Any, default: str) -> str:
@@ -122,28 +124,32 @@ def _scheme_of(client: Any, default: str) -> str:
     return default
 
 
-def _parse(url: str, client: Any = None) -> dict[str, Any]:
+def _parse(url: str, shown: str) -> dict[str, Any]:
     try:
         return dict(parse_url(url))
     except ValueError as exc:  # urllib: "Port out of range 0-65535", ...
-        raise ConfigError(_bad(client, str(exc), url)) from exc
+        raise ConfigError(_bad(shown, str(exc))) from exc
 
 
-def _bad(client: Any, reason: str, url: str | None = None) -> str:
-    if url is None:
-        url = client.hostname if client is not None else ""
-        if client is not None and client.uri_prefix and "://" in str(url):
-            url = f"{client.uri_prefix}+{url}"
-    return f"broker_url {_masked(str(url))!r} is invalid: {reason}"
+def _shown(client: Any) -> str:
+    """The URL as the user wrote it (Kombu split ``durable+`` off into uri_prefix)."""
+    hostname = str(client.hostname or "")
+    if client.uri_prefix and "://" in hostname:
+        return f"{client.uri_prefix}+{hostname}"
+    return hostname
+
+
+def _bad(url: str, reason: str) -> str:
+    return f"broker_url {_masked(url)!r} is invalid: {reason}"
 
 
 def _masked(url: str) -> str:
     head, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    netloc, slash, path = rest.partition("/")
+    auth, at, host = netloc.rpartition("@")
+    if not sep or not at or ":" not in auth:
         return url
-    auth, _, tail = rest.partition("@")
-    user = auth.split(":", 1)[0]
-    return f"{head}://{user}:**@{tail}" if ":" in auth else url
+    return f"{head}://{auth.split(':', 1)[0]}:**@{host}{slash}{path}"
 
 
 def _ssl_query(options: Any) -> str:
