@@ -73,6 +73,8 @@ def test_clone_pickle_and_pools_round_trip_the_class_and_the_address() -> None:
     with pooled.acquire(block=True) as acquired:
         assert type(acquired.transport) is DurableRedisTransport
         assert fields(acquired)[:3] == ("127.0.0.1", port, "4")
+    # Pools are keyed by the connection's fields: a fresh connection finds the same pool.
+    assert pools.connections[Connection(f"durable+redis://127.0.0.1:{port}/4")] is pooled
     pools.reset()
 
 
