@@ -59,6 +59,19 @@ CORRUPT_RECORDS = Counter(
     "Stored records that failed their checksum or decoding and were quarantined.",
     ["store"],
 )
+STORES_QUARANTINED = Counter(
+    "celery_durable_spill_stores_quarantined",
+    "Spill stores with unreadable data moved to spill_dir/quarantine/ (never deleted).",
+)
+RECORDS_LOST = Counter(
+    "celery_durable_spill_records_lost",
+    "Spilled records the store's counters expected that LevelDB could not read "
+    "(a damaged table or log).",
+)
+DAMAGED_OPENS = Counter(
+    "celery_durable_spill_damaged_opens",
+    "Spill store opens where LevelDB dropped unreadable log data (see the store's DAMAGED note).",
+)
 
 # -- worker side: dead-letter capture ----------------------------------------
 DUMPED = Counter("celery_durable_dumped", "Failed tasks dumped.", ["task"])
