@@ -36,7 +36,9 @@ def web(ctx: click.Context, host: str, port: int, read_only: bool, url: str | No
     try:
         auth = auth_from_env()
         check_bind(host, auth)
-        asgi = create_app(app, lambda: store_for_app(app, url), read_only=read_only, auth=auth)
+        asgi = create_app(
+            app, lambda: store_for_app(app, url), read_only=read_only, auth=auth, bind_host=host
+        )
     except DurableError as exc:
         fail(f"web: {exc}")
     mode = "read-only" if read_only else "read-write"

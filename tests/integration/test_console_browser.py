@@ -364,3 +364,9 @@ def test_overview_shows_what_retention_dropped(env: Env, page: Any) -> None:
     assert page.inner_text("#dropped-count") == "3"
     assert "max_entries 3" in page.inner_text("main")
     proc.terminate()
+
+
+def test_a_foreign_host_name_is_refused(env: Env) -> None:
+    """DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 cannot read the console."""
+    assert status(env.base + "/dumps", headers={"Host": "evil.example:80"}) == 403
+    assert status(env.base + "/dumps", headers={"Host": f"localhost:{env.port}"}) == 200
