@@ -7,6 +7,8 @@ any other address unless authentication is configured (see
 
 from __future__ import annotations
 
+import socket
+
 import click
 from celery.bin.base import CeleryOption
 
@@ -50,10 +52,24 @@ def web(ctx: click.Context, host: str, port: int, read_only: bool, url: str | No
     try:
         auth = auth_from_env()
         check_bind(host, auth)
-        asgi = create_app(app, lambda: store_for_app(app, url), read_only=read_only, auth=auth)
+        asgi = create_app(
+            app, lambda: store_for_app(app, url), read_only=read_only, auth=auth, bind_host=host
+        )
     except DurableError as exc:
         fail(f"web: {exc}")
+    # Bind here, so a taken port is our one-line error, and --port 0 can be told.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        fail(f"web: cannot listen on {host}:{port}: {exc}")
+    port = sock.getsockname()[1]
     mode = "read-only" if read_only else "read-write"
     secured = "authentication required" if auth.configured else "no authentication"
-    click.echo(f"celery-durable console on http://{host}:{port}/ ({mode}, {secured})")
-    uvicorn.run(asgi, host=host, port=port, log_level="info", access_log=False)
+    where = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
+    click.echo(f"celery-durable console on http://{where}:{port}/ ({mode}, {secured})")
+    server = uvicorn.Server(uvicorn.Config(asgi, log_level="info", access_log=False))
+    server.run(sockets=[sock])

@@ -39,7 +39,7 @@ from ..dlq.unpark import unpark
 from ..settings import durable_settings
 from .jobs import RestoreJob
 from .overview import dump_counts, dump_overview, spill_overview
-from .security import SECURITY_HEADERS, Auth, Csrf
+from .security import SECURITY_HEADERS, Auth, Csrf, host_allowed
 
 __all__ = ["Console", "create_app"]
 
@@ -291,15 +291,23 @@ class Console:
 
 
 class _Guard(BaseHTTPMiddleware):
-    """Authentication (when configured) and security headers on every response."""
+    """The Host check (without authentication), authentication (with it), and
+    security headers on every response."""
 
-    def __init__(self, app: Any, auth: Auth) -> None:
+    def __init__(self, app: Any, auth: Auth, bind_host: str) -> None:
         super().__init__(app)
         self.auth = auth
+        self.bind_host = bind_host
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if not self.auth.allows(request.headers.get("authorization", "")):
+        if not self.auth.configured and not host_allowed(
+            request.headers.get("host", ""), self.bind_host
+        ):
             response: Response = PlainTextResponse(
+                "unknown Host: open the console by its loopback address\n", 403
+            )
+        elif not self.auth.allows(request.headers.get("authorization", "")):
+            response = PlainTextResponse(
                 "authentication required\n",
                 401,
                 headers={"www-authenticate": 'Basic realm="celery-durable", charset="UTF-8"'},
@@ -317,8 +325,9 @@ def create_app(
     *,
     read_only: bool = False,
     auth: Auth | None = None,
+    bind_host: str = "127.0.0.1",
 ) -> Starlette:
-    """The console as an ASGI application (serve it with uvicorn)."""
+    """The console as an ASGI application (serve it with uvicorn on ``bind_host``)."""
     console = Console(app, open_store, read_only=read_only, auth=auth)
     routes = [
         Route("/", console.overview),
@@ -329,6 +338,8 @@ def create_app(
         Route("/actions", console.action, methods=["POST"]),
         Route("/healthz", lambda request: PlainTextResponse("ok\n")),
     ]
-    web = Starlette(routes=routes, middleware=[Middleware(_Guard, auth=console.auth)])
+    web = Starlette(
+        routes=routes, middleware=[Middleware(_Guard, auth=console.auth, bind_host=bind_host)]
+    )
     web.state.console = console
     return web

@@ -8,6 +8,10 @@
   password with any user name), and/or ``CELERY_DURABLE_WEB_USER`` with
   ``CELERY_DURABLE_WEB_PASSWORD`` or ``CELERY_DURABLE_WEB_PASSWORD_FILE`` (basic
   auth).  Once configured it is required on every request, loopback included.
+* **Host check.** Without authentication, a request must name the console by a
+  loopback host (``127.0.0.1``, ``localhost``, ``[::1]``) or the bound address in
+  its ``Host`` header, so a web page whose domain an attacker re-points to
+  127.0.0.1 (DNS rebinding) cannot read the console from the operator's browser.
 * **CSRF.** Every form carries a token made per server process; a POST without
   it, or from another origin, is refused.
 * **Headers.** A Content-Security-Policy allowing no script at all (the pages need
@@ -30,7 +34,7 @@ from typing import Any
 
 from ..exceptions import ConfigError
 
-__all__ = ["Auth", "auth_from_env", "check_bind", "is_loopback"]
+__all__ = ["Auth", "Csrf", "auth_from_env", "check_bind", "host_allowed", "is_loopback"]
 
 ENV_TOKEN = "CELERY_DURABLE_WEB_TOKEN"
 ENV_TOKEN_FILE = "CELERY_DURABLE_WEB_TOKEN_FILE"
@@ -127,6 +131,16 @@ def check_bind(host: str, auth: Auth) -> None:
             f"authentication is configured (set {ENV_TOKEN} or {ENV_TOKEN_FILE}, or "
             f"{ENV_USER} and {ENV_PASSWORD}/{ENV_PASSWORD_FILE})"
         )
+
+
+def host_allowed(header: str, bind_host: str) -> bool:
+    """Whether a ``Host`` header names this console (loopback, or the bound address)."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return bool(host) and (is_loopback(host) or host == bind_host.lower())
 
 
 class Csrf:

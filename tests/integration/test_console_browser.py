@@ -364,3 +364,42 @@ def test_overview_shows_what_retention_dropped(env: Env, page: Any) -> None:
     assert page.inner_text("#dropped-count") == "3"
     assert "max_entries 3" in page.inner_text("main")
     proc.terminate()
+
+
+def test_a_foreign_host_name_is_refused(env: Env) -> None:
+    """DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 cannot read the console."""
+    assert status(env.base + "/dumps", headers={"Host": "evil.example:80"}) == 403
+    assert status(env.base + "/dumps", headers={"Host": f"localhost:{env.port}"}) == 200
+
+
+def test_a_taken_port_is_a_one_line_error(env: Env) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = env.start("taken", "durable", "web", "--port", str(port))
+        assert proc.wait(60) != 0
+    assert f"Error: web: cannot listen on 127.0.0.1:{port}" in proc.output()
+    assert "Traceback" not in proc.output()
+
+
+def test_port_zero_and_ipv6_loopback(env: Env) -> None:
+    proc = env.start("ipv6", "durable", "web", "--host", "::1", "--port", "0")
+    found = wait_for(
+        lambda: re.search(r"console on http://\[::1\]:(\d+)/", proc.output()) or not proc.alive(),
+        timeout=60,
+        message=lambda: proc.output(),
+    )
+    assert proc.alive() and isinstance(found, re.Match), proc.output()
+    url = f"http://[::1]:{found.group(1)}/healthz"
+
+    def up() -> bool:
+        try:
+            return status(url) == 200
+        except OSError:  # bound, not yet listening
+            return False
+
+    wait_for(up, timeout=30, message="the console on ::1")
+    proc.terminate()

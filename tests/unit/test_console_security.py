@@ -10,7 +10,14 @@ import pytest
 
 from celery_durable.dlq.summary import DumpFilter, summarize
 from celery_durable.exceptions import ConfigError
-from celery_durable.web.security import Auth, Csrf, auth_from_env, check_bind, is_loopback
+from celery_durable.web.security import (
+    Auth,
+    Csrf,
+    auth_from_env,
+    check_bind,
+    host_allowed,
+    is_loopback,
+)
 from tests.integration.dlq_writer import entry
 
 
@@ -108,3 +115,20 @@ def test_select_agrees_with_matches() -> None:
     ]
     for flt in filters:
         assert flt.select(rows, 3, now) == [s for s in rows if flt.matches(s, 3, now)], flt
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ("127.0.0.1:5556", True),
+        ("localhost:5556", True),
+        ("LOCALHOST", True),
+        ("[::1]:5556", True),
+        ("10.1.2.3:5556", True),  # the bound address
+        ("evil.example:5556", False),
+        ("evil.example", False),
+        ("", False),
+    ],
+)
+def test_host_header_must_name_the_console(header: str, ok: bool) -> None:
+    assert host_allowed(header, "10.1.2.3") is ok
