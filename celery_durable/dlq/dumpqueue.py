@@ -41,6 +41,7 @@ from pathlib import Path
 from kombu.utils.json import dumps as json_dumps
 
 from .. import metrics
+from . import retention
 from .base import DumpEntry, DumpStore
 from .wal import DumpWAL, Segment, _Owner, discard, find_orphans, read_segment, wal_dir
 
@@ -247,6 +248,7 @@ class DumpQueue:
             metrics.DUMP_BYTES.inc(sum(len(d.payload) for d in segment.dumps))
             for name, n in Counter(d.task_name for d in segment.dumps).items():
                 metrics.DUMPED.labels(task=name).inc(n)
+            retention.after_flush(self.store)
         if owner is None and self._wal is not None:
             self._wal.discard(segment)
         else:

@@ -8,8 +8,15 @@ may run ``dlq restore`` meanwhile, so every run takes a lock named after its sto
   (released by the kernel when the holder dies, even on SIGKILL);
 * ``redis://``: a redis-py ``Lock`` with a short TTL that the run refreshes after
   every published chunk; a SIGKILLed holder blocks others for at most
-  :data:`REDIS_LOCK_TTL` seconds;
+  :data:`REDIS_LOCK_TTL` seconds.  The key lives under the store's ``?prefix=``
+  (``<prefix>:restore-lock``), so fleets sharing one redis with different
+  prefixes restore independently; the default prefix keeps the historical key
+  :data:`REDIS_LOCK_KEY`, so old and new processes of one fleet still exclude
+  each other during an upgrade;
 * anything else (in-memory stores in tests): an in-process lock.
+
+Every failure to take, keep or check a lock is a
+:class:`~celery_durable.exceptions.RestoreError` saying why.
 """
 
 from __future__ import annotations
@@ -20,12 +27,18 @@ import os
 import threading
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDIS_LOCK_TTL", "RunLock", "run_lock"]
+from kombu.utils.url import maybe_sanitize_url
+
+from ..exceptions import RestoreError
+
+__all__ = ["REDIS_LOCK_TTL", "RunLock", "redis_lock_target", "run_lock"]
 
 REDIS_LOCK_TTL = 5.0
 REDIS_LOCK_KEY = "celery-durable:restore-lock"
+#: The redis dump store's key prefix when its URL has no ``?prefix=``.
+DEFAULT_STORE_PREFIX = "celery_durable:dlq"
 
 
 class RunLock(Protocol):
@@ -40,13 +53,19 @@ class _FileLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"cannot open the restore lock {self.path}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as exc:
+            os.close(fd)
+            raise RestoreError(f"cannot lock {self.path}: {exc}") from exc
         self._fd = fd
         return True
 
@@ -61,21 +80,47 @@ class _FileLock:
             self._fd = None
 
 
+def redis_lock_target(url: str) -> tuple[str, str]:
+    """``(redis URL without our query keys, lock key)`` for a ``redis://`` dump store URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_STORE_PREFIX)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    key = REDIS_LOCK_KEY if prefix == DEFAULT_STORE_PREFIX else f"{prefix}:restore-lock"
+    return urlunsplit(parts._replace(query=rest)), key
+
+
 class _RedisLock:
     def __init__(self, url: str) -> None:
         import redis
 
-        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._lock: Any = self._client.lock(REDIS_LOCK_KEY, timeout=REDIS_LOCK_TTL)
+        client_url, self.key = redis_lock_target(url)
+        self._where = f"{self.key} on {maybe_sanitize_url(client_url)}"
+        # TypeError/ValueError: a URL argument redis-py does not take, raised when
+        # it first connects.  LockError (expired, taken over) is a RedisError.
+        self._errors = (redis.RedisError, OSError, TypeError, ValueError)
+        try:
+            self._client = redis.Redis.from_url(
+                client_url, socket_timeout=5, socket_connect_timeout=5
+            )
+        except self._errors as exc:
+            raise RestoreError(f"restore lock: bad redis URL for {self._where}: {exc}") from exc
+        self._lock: Any = self._client.lock(self.key, timeout=REDIS_LOCK_TTL)
 
     def acquire(self) -> bool:
-        return bool(self._lock.acquire(blocking=False))
+        try:
+            return bool(self._lock.acquire(blocking=False))
+        except self._errors as exc:
+            raise RestoreError(f"cannot take the restore lock {self._where}: {exc}") from exc
 
     def refresh(self) -> None:
-        self._lock.reacquire()
+        try:
+            self._lock.reacquire()
+        except self._errors as exc:
+            raise RestoreError(f"lost the restore lock {self._where}: {exc}") from exc
 
     def release(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # expired or unreachable: nothing left to free
             self._lock.release()
         self._client.close()
 

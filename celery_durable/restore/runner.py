@@ -10,6 +10,12 @@ and delete a chunk's dumps only after the broker accepted the whole chunk.
 So a crash (SIGKILL) between publish and delete replays at most one chunk
 (:data:`CHUNK` messages): delivery is at least once, with the original task id
 so consumers can deduplicate.  Nothing is ever deleted before it was published.
+
+A dump that cannot be planned (a field of the wrong type, see
+:mod:`celery_durable.dlq.validate`, or a message that cannot be built or
+serialized) is *quarantined*: skipped with its reason, logged and counted once
+per process in ``celery_durable_corrupt_records{store="dlq"}``, kept in the
+store and listed by ``dlq ls``/``status``.  It never stops the others.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, EncodeError
+from kombu.serialization import dumps as serialize
 
 from .. import metrics
 from ..dlq.base import DumpEntry, DumpStore
+from ..dlq.validate import entry_problem
 from ..exceptions import DurableError, RestoreError
-from ..settings import durable_settings
+from ..settings import settings_for
 from .gate import QueueGate
 from .lock import RunLock, run_lock
 from .message import Republish, build_message
@@ -45,6 +53,8 @@ CHUNK = 250
 # read the counter as "parkings seen", and `dlq ls --parked` for the truth.
 _SEEN_PARKED: set[str] = set()
 _SEEN_PARKED_MAX = 100_000
+# Entry ids already counted in metrics.CORRUPT_RECORDS{store="dlq"} (same caveat).
+_SEEN_QUARANTINED: set[str] = set()
 
 
 @dataclass
@@ -67,15 +77,15 @@ class RestoreOptions:
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> RestoreOptions:
-        s = durable_settings(app.conf)
+        s = settings_for(app)
         opts = cls(
-            batch=s["durable_restore_batch"],
-            rate=s["durable_restore_rate"],
-            backoff=s["durable_restore_backoff"],
-            max_attempts=s["durable_restore_max_attempts"],
-            allow_rate=s["durable_restore_allow_rate"],
-            capacity=s["durable_restore_queue_capacity"],
-            postpone_interval=s["durable_restore_postpone_interval"],
+            batch=s.restore_batch,
+            rate=s.restore_rate,
+            backoff=s.restore_backoff,
+            max_attempts=s.restore_max_attempts,
+            allow_rate=s.restore_allow_rate,
+            capacity=s.restore_queue_capacity,
+            postpone_interval=s.restore_postpone_interval,
         )
         for key, value in overrides.items():
             setattr(opts, key, value)
@@ -92,6 +102,8 @@ class RestoreReport:
     postponed: Counter[str] = field(default_factory=Counter)
     not_due: int = 0
     parked: int = 0
+    #: Malformed dumps skipped (kept in the store): ``(entry_id, task_id, reason)``.
+    quarantined: list[tuple[str, str, str]] = field(default_factory=list)
     errors: int = 0
     error: str = ""
     #: Age (s) of the oldest due dump still in the store after the run.
@@ -108,6 +120,7 @@ class RestoreReport:
             "postponed": dict(self.postponed),
             "not_due": self.not_due,
             "parked": self.parked,
+            "quarantined": len(self.quarantined),
             "errors": self.errors,
             "error": self.error,
             "lag": round(self.lag, 3),
@@ -160,6 +173,29 @@ def _note_parked(entry: DumpEntry) -> None:
     )
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` (some libraries' reprs say less, e.g. ``network:ConnectionError``)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _quarantine(entry: DumpEntry, reason: str, report: RestoreReport) -> None:
+    """Skip ``entry`` for good (until fixed by hand); count and log it once per process."""
+    key = str(entry.entry_id)
+    report.quarantined.append((key, repr(entry.task_id)[:80], reason))
+    if key in _SEEN_QUARANTINED:
+        return
+    if len(_SEEN_QUARANTINED) >= _SEEN_PARKED_MAX:
+        _SEEN_QUARANTINED.clear()
+    _SEEN_QUARANTINED.add(key)
+    metrics.CORRUPT_RECORDS.labels(store="dlq").inc()
+    logger.error(
+        "restore: dump %s (task %s) quarantined, not restored: %s",
+        key,
+        repr(entry.task_id)[:80],
+        reason,
+    )
+
+
 def _plan(
     entries: Iterator[DumpEntry],
     app: Any,
@@ -174,6 +210,10 @@ def _plan(
     for seen, entry in enumerate(entries, 1):
         if seen % 5000 == 0:
             lock.refresh()  # a long walk over a big store must not let the lock lapse
+        problem = entry_problem(entry)
+        if problem is not None:
+            _quarantine(entry, problem, report)
+            continue
         if select is not None and not select(entry):
             continue
         if not opts.include_parked and is_parked(entry, opts.max_attempts):
@@ -187,7 +227,11 @@ def _plan(
             # The oldest due entry this run leaves behind: that is the lag.
             report.lag = max(report.lag, now - entry.failed_at)
             break
-        message = build_message(entry, app)
+        try:
+            message = build_message(entry, app)
+        except Exception as exc:  # well-typed but still not a message we can build
+            _quarantine(entry, f"cannot build its message: {_describe(exc)}", report)
+            continue
         if not gate.admit(message.queue):
             report.postponed[message.queue] += 1
             report.lag = max(report.lag, now - entry.failed_at)
@@ -213,6 +257,21 @@ def _publish_chunk(
                 retry=False,
                 **m.properties,
             )
+
+
+def _encodable(chunk: list[Republish], serializer: str, report: RestoreReport) -> list[Republish]:
+    """``chunk`` without the messages ``serializer`` cannot encode (those are quarantined)."""
+    keep = []
+    for m in chunk:
+        try:
+            serialize(m.body, serializer=serializer)
+        except Exception as exc:  # kombu raises EncodeError, serializers anything
+            _quarantine(
+                m.entry, f"cannot serialize its body with {serializer}: {_describe(exc)}", report
+            )
+            continue
+        keep.append(m)
+    return keep
 
 
 def restore(
@@ -265,14 +324,29 @@ def restore(
         raise
     except Exception as exc:  # the broker, while planning (queue lengths)
         metrics.RESTORE_ERRORS.inc()
-        raise RestoreError(f"restore run failed: {exc!r}") from exc
+        raise RestoreError(f"restore run failed: {_describe(exc)}") from exc
     finally:
         lock.release()
         if not dry_run:
             metrics.RESTORE_LAG.set(report.lag)
+            _note_run(store, report)
     if report.error:
         raise RestoreError(report.error)
     return report
+
+
+LAST_RUN_NOTE = "last-restore"
+
+
+def _note_run(store: DumpStore, report: RestoreReport) -> None:
+    """Leave what this run did in the store, for the console's overview."""
+    put = getattr(store, "put_note", None)
+    if put is None:
+        return
+    try:
+        put(LAST_RUN_NOTE, {"at": time.time(), **report.as_dict()})
+    except Exception:  # a note is nice to have; never fail a run for it
+        logger.debug("restore: cannot note the run in %s", store.url, exc_info=True)
 
 
 def _publish(
@@ -291,6 +365,13 @@ def _publish(
     if opts.rate:
         chunk_size = max(1, min(chunk_size, int(opts.rate / 10) or 1))
     started = time.monotonic()
+
+    def send(chunk: list[Republish]) -> None:
+        if fast is not None and fast.usable(chunk, compression):
+            fast.publish(chunk, serializer)
+        else:
+            _publish_chunk(producer, chunk, serializer, compression)
+
     for start in range(0, len(plan), chunk_size):
         chunk = plan[start : start + chunk_size]
         if opts.rate:
@@ -298,24 +379,33 @@ def _publish(
             if ahead > 0:
                 time.sleep(ahead)
         try:
-            if fast is not None and fast.usable(chunk, compression):
-                fast.publish(chunk, serializer)
-            else:
-                _publish_chunk(producer, chunk, serializer, compression)
+            try:
+                send(chunk)
+            except EncodeError:
+                # One body the task serializer cannot encode must not block the rest.
+                # Kombu's generic path may have sent the messages before it: they go
+                # again (at least once), nothing is deleted unsent.
+                chunk = _encodable(chunk, serializer, report)
+                if chunk:
+                    send(chunk)
         except Exception as exc:
             report.errors += len(chunk)
             metrics.RESTORE_ERRORS.inc(len(chunk))
-            report.error = f"publish failed after {report.restored} restored: {exc!r}"
+            report.error = f"publish failed after {report.restored} restored: {_describe(exc)}"
             report.lag = max(report.lag, time.time() - chunk[0].entry.failed_at)
             logger.error("restore: %s", report.error)
             return
+        if not chunk:
+            continue
         try:
             store.delete([m.entry.entry_id for m in chunk])
         except Exception as exc:
             # Published but not deleted: the next run publishes these again.
             report.errors += len(chunk)
             metrics.RESTORE_ERRORS.inc(len(chunk))
-            report.error = f"published {len(chunk)} dumps but could not delete them: {exc!r}"
+            report.error = (
+                f"published {len(chunk)} dumps but could not delete them: {_describe(exc)}"
+            )
             logger.error("restore: %s", report.error)
             return
         report.restored += len(chunk)
@@ -328,6 +418,8 @@ def _publish(
         except Exception as exc:
             # Expired (a publish stalled longer than its TTL): another run may own
             # the store now, so stop rather than publish the same dumps twice.
-            report.error = f"lost the restore lock after {report.restored} restored: {exc!r}"
+            report.error = (
+                f"lost the restore lock after {report.restored} restored: {_describe(exc)}"
+            )
             logger.error("restore: %s", report.error)
             return

@@ -7,15 +7,14 @@ from urllib.parse import urlsplit
 
 from ..dlq.base import DumpStore
 from ..dlq.stores import default_url
-from ..settings import durable_settings
+from ..settings import settings_for
 
 __all__ = ["is_host_local", "open_app_store", "store_url"]
 
 
 def store_url(app: Any) -> str:
     """``durable_dlq_url``, or ``file://$CELERY_DURABLE_DIR/dlq`` when empty."""
-    url = str(durable_settings(app.conf)["durable_dlq_url"])
-    return url or default_url()
+    return settings_for(app).dlq_url or default_url()
 
 
 def is_host_local(url: str) -> bool:

@@ -152,7 +152,7 @@ def test_cli_status_ls_and_drain_adopt_a_dead_store(cluster: Cluster) -> None:
     row = out.splitlines()[1].split()  # STORE HOST PID ALIVE RECORDS ...
     assert row[3] == "no" and int(row[4]) >= accepted, out  # a dead store with the backlog
     rc, out = cli("status")
-    assert rc == 0 and "breaker open" in out and "dead (adoptable)" in out, out
+    assert rc == 0 and "probe unreachable" in out and "dead (adoptable)" in out, out
     assert f"{row[4]} records" in out and "oldest " in out, out
     rc, out = cli("spill", "drain", "--timeout", "2")
     assert rc != 0 and "left" in out, out  # broker still down: says so, exits non-zero
@@ -161,6 +161,6 @@ def test_cli_status_ls_and_drain_adopt_a_dead_store(cluster: Cluster) -> None:
     assert rc == 0, out
     assert cluster.broker.client().llen("celery") >= accepted
     rc, out = cli("status")
-    assert rc == 0 and "breaker closed" in out and "backlog 0" in out, out
+    assert rc == 0 and "probe reachable" in out and "backlog 0" in out, out
     rc, out = cli("status", "--json")
     assert rc == 0 and json.loads(out[out.index("{") :])["spill"]["backlog"] == 0, out

@@ -118,3 +118,77 @@ def test_bad_input_fails_with_one_line(app: Celery, tmp_path: Path) -> None:
     assert result.exit_code != 0 and "line 1: not JSON" in result.output
     result = cli(app, "ls", "--url", "nosuch://x")
     assert result.exit_code != 0 and "unknown scheme" in result.output
+
+
+def _lines_with_one_bad(bad: dict[str, object]) -> str:
+    from kombu.utils.json import dumps
+
+    good = [entry(f"good-{i}", 10).to_dict() for i in range(3)]
+    broken = {**entry("broken", 10).to_dict(), **bad}
+    return "\n".join(dumps(d) for d in [good[0], good[1], broken, good[2]]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ({"restores": "many"}, "line 3: restores: expected an integer >= 0, got str 'many'"),
+        ({"args": "abc"}, "line 3: args: expected a list, got str 'abc'"),
+        ({"failed_at": "yesterday"}, "line 3: failed_at: expected a Unix time"),
+        ({"kwargs": [1]}, "line 3: kwargs: expected an object, got list [1]"),
+    ],
+)
+def test_import_rejects_a_mistyped_field_naming_line_and_field(
+    app: Celery, tmp_path: Path, bad: dict[str, object], reason: str
+) -> None:
+    """Issue 10.5: `restores: "many"` was imported and then crashed ls/status/restore."""
+    source = tmp_path / "dumps.jsonl"
+    source.write_text(_lines_with_one_bad(bad))
+    result = cli(app, "import", str(source))
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: {reason}") and line.endswith("; nothing imported"), line
+    assert open_store(app.conf.durable_dlq_url).count() == 0
+
+
+def test_import_of_a_binary_file_is_one_line(app: Celery, tmp_path: Path) -> None:
+    source = tmp_path / "dumps.bin"
+    source.write_bytes(bytes(range(256)) * 4)
+    result = cli(app, "import", str(source))
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: line ") and "not UTF-8 text" in line
+
+
+def test_a_malformed_entry_in_a_file_store_is_quarantined_not_fatal(
+    app: Celery, store: DumpStore
+) -> None:
+    """Issue 10.5: a bad dump written straight into the store (not through import)."""
+    bad = entry("bad", 10)
+    bad.restores = "many"  # type: ignore[assignment]
+    store.write([bad])
+    result = cli(app, "ls")
+    assert result.exit_code == 0, result.output
+    assert "3 dumps, 1 parked, 1 quarantined" in result.output
+    assert "(task 'bad'): restores: expected an integer >= 0" in result.output
+    result = cli(app, "ls", "--json")
+    assert json.loads(result.output.splitlines()[-1])["reason"].startswith("restores:")
+    shown = json.loads(cli(app, "show", "bad").output)
+    assert shown["quarantined"].startswith("restores:") and "parked" not in shown
+    result = cli(app, "purge", "--force")
+    assert "Purged 3 dumps." in result.output
+    assert [e.task_id for e in store.entries()] == ["bad"]  # never purged
+
+
+def test_restore_all_restores_the_good_ones_around_a_malformed_file_dump(
+    app: Celery, store: DumpStore
+) -> None:
+    bad = entry("bad", 10)
+    bad.args = "abc"  # type: ignore[assignment]
+    store.write([bad])
+    result = CliRunner().invoke(
+        durable, ["dlq", "restore", "--all", "--force"], obj=SimpleNamespace(app=app)
+    )
+    assert result.exit_code == 0, result.output
+    assert "restored 3 dump(s)" in result.output
+    assert "quarantined, not restored: task 'bad': args: expected a list" in result.output
+    assert [e.task_id for e in store.entries()] == ["bad"]

@@ -62,3 +62,36 @@ def test_durable_settings_from_celery_conf() -> None:
     app.conf.durable_restore_bacth = 10
     with pytest.raises(ConfigError, match="durable_restore_bacth"):
         durable_settings(app.conf)
+
+
+def test_typed_settings_mirror_the_option_table() -> None:
+    """Every Option in SETTINGS is a DurableSettings field (name minus ``durable_``)."""
+    from dataclasses import fields
+
+    from celery_durable.settings import DurableSettings
+
+    assert [f"durable_{f.name}" for f in fields(DurableSettings)] == [o.name for o in SETTINGS]
+
+
+def test_settings_for_is_typed_frozen_and_cached_per_app() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from celery import Celery
+
+    from celery_durable.settings import settings_for
+
+    app = Celery(set_as_current=False)
+    app.conf.durable_restore_backoff = 5
+    first = settings_for(app)
+    assert first.restore_backoff == 5.0 and isinstance(first.restore_backoff, float)
+    assert first.restore_max_attempts == 5 and first.dlq_url == ""
+    assert settings_for(app) is first  # validated once
+    with pytest.raises(FrozenInstanceError):
+        first.restore_backoff = 1.0  # type: ignore[misc]
+    app.conf.durable_restore_backoff = 7.5  # a changed setting is read again
+    assert settings_for(app).restore_backoff == 7.5
+    other = Celery(set_as_current=False)
+    assert settings_for(other).restore_backoff == 60.0
+    app.conf.durable_restore_backof = 1
+    with pytest.raises(ConfigError, match="durable_restore_backof"):
+        settings_for(app)

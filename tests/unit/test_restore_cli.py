@@ -83,3 +83,20 @@ def test_rate_control_unless_forced(env: tuple[Celery, MemoryDumpStore]) -> None
     result = run(app, "--all", "--force")
     assert result.exit_code == 0, result.output
     assert not store.data
+
+
+def test_an_unreachable_broker_is_one_error_line(
+    env: tuple[Celery, MemoryDumpStore],
+) -> None:
+    from tests.helpers.redis_server import free_port
+
+    _, store = env
+    app = Celery("down", broker=f"redis://127.0.0.1:{free_port()}/0", set_as_current=False)
+    app.conf.broker_transport_options = {"max_retries": 0}
+    store.write([make_entry("a")])
+    result = run(app, "--all")
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: dlq restore: restore run failed: "), line
+    assert "Connection refused" in line
+    assert [e.task_id for e in store.entries()] == ["a"]

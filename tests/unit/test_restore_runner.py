@@ -180,3 +180,42 @@ def test_unreachable_broker_is_a_restore_error() -> None:
     with pytest.raises(RestoreError, match="restore run failed"):
         restore(app, store, opts())
     assert len(store.data) == 1
+
+
+def _corrupt_count() -> float:
+    return metrics.CORRUPT_RECORDS.labels(store="dlq")._value.get()
+
+
+def test_a_malformed_dump_is_quarantined_and_the_others_restored(app: Celery) -> None:
+    """Issue 10.5: one dump with ``restores: "many"`` used to stop the whole run (TypeError)."""
+    store = MemoryDumpStore()
+    entries = [make_entry(f"id-{i}", args=[i]) for i in range(4)]
+    entries[1].restores = "many"  # type: ignore[assignment]
+    entries[2].args = "abc"  # type: ignore[assignment]
+    store.write(entries)
+    before = _corrupt_count()
+    report = restore(app, store, opts())
+    assert report.restored == 2
+    assert [q[1] for q in report.quarantined] == ["'id-1'", "'id-2'"]
+    assert "restores: expected an integer >= 0, got str 'many'" in report.quarantined[0][2]
+    assert "args: expected a list, got str 'abc'" in report.quarantined[1][2]
+    assert report.as_dict()["quarantined"] == 2
+    assert [m.headers["id"] for m in drain(app, "celery")] == ["id-0", "id-3"]
+    assert sorted(e.task_id for e in store.entries()) == ["id-1", "id-2"]  # kept
+    assert _corrupt_count() == before + 2
+    again = restore(app, store, opts())  # skipped again, counted once per process
+    assert again.restored == 0 and len(again.quarantined) == 2
+    assert _corrupt_count() == before + 2
+
+
+def test_a_body_the_serializer_cannot_encode_is_quarantined(app: Celery) -> None:
+    store = MemoryDumpStore()
+    entries = [make_entry(f"enc-{i}", args=[i]) for i in range(3)]
+    entries[1].args = [object()]  # decoded from a pickle dump, republished as JSON
+    store.write(entries)
+    report = restore(app, store, opts())
+    assert report.restored == 2 and report.error == ""
+    assert "cannot serialize its body with json" in report.quarantined[0][2]
+    # Kombu's generic path may have sent enc-0 before it met enc-1: at least once.
+    assert sorted(set(m.headers["id"] for m in drain(app, "celery"))) == ["enc-0", "enc-2"]
+    assert [e.task_id for e in store.entries()] == ["enc-1"]

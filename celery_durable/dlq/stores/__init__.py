@@ -92,10 +92,14 @@ def open_store(
 def store_for_app(app: Any, url: str | None = None) -> DumpStore:
     """The store an app's ``durable_dlq_*`` settings name (``url`` overrides the setting)."""
     from ...settings import durable_settings
+    from ..retention import Retention
 
     settings = durable_settings(app.conf)
-    return open_store(
+    store = open_store(
         url or settings["durable_dlq_url"],
         codec=codec_for_app(app, settings["durable_dlq_serializer"]),
         version=settings["durable_dlq_version"],
     )
+    # Read by retention.after_flush (the dump queue) and the console.
+    store.retention = Retention.from_settings(settings)  # type: ignore[attr-defined]
+    return store
