@@ -163,7 +163,8 @@ def test_hard_time_limit_and_lost_process_prefork(
         )
         wait_for(lambda: f"{fine.id}] succeeded" in worker.output(), timeout=30)
         # Revoked (terminated while running, or discarded before): never a final failure.
-        victim = client.send_task("dlq.sleepy", args=(30,))
+        # Its own time limit: the revoke must win even on a loaded machine.
+        victim = client.send_task("dlq.sleepy", args=(30,), time_limit=120)
         wait_for(lambda: f"{victim.id}] received" in worker.output(), timeout=30)
         client.control.revoke(victim.id, terminate=True)
         wait_for(
