@@ -19,7 +19,20 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "dead_letter", "enable_restore_schedule"]
 
+#: ``durable+<scheme>://``: the inner broker's URL scheme -> the Kombu transport
+#: class that wraps it.  Each is registered as the alias ``durable+<scheme>``
+#: (what Kombu resolves in ``Connection.switch()``, ``clone()`` and pickling), and
+#: ``durable`` (what Kombu resolves for the first URL, having split off the ``+``)
+#: dispatches on this table too.  A new broker is one line here.
+TRANSPORTS: dict[str, str] = {
+    "redis": "celery_durable.transport.redis:DurableRedisTransport",
+    "rediss": "celery_durable.transport.redis:DurableRedisTransport",
+    "sentinel": "celery_durable.transport.sentinel:DurableSentinelTransport",
+}
+
 TRANSPORT_ALIASES.setdefault("durable", "celery_durable.transport:Transport")
+for _scheme, _path in TRANSPORTS.items():
+    TRANSPORT_ALIASES.setdefault(f"durable+{_scheme}", _path)
 
 
 def __getattr__(name: str) -> Any:

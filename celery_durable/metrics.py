@@ -59,6 +59,19 @@ CORRUPT_RECORDS = Counter(
     "Stored records that failed their checksum or decoding and were quarantined.",
     ["store"],
 )
+STORES_QUARANTINED = Counter(
+    "celery_durable_spill_stores_quarantined",
+    "Spill stores with unreadable data moved to spill_dir/quarantine/ (never deleted).",
+)
+RECORDS_LOST = Counter(
+    "celery_durable_spill_records_lost",
+    "Spilled records the store's counters expected that LevelDB could not read "
+    "(a damaged table or log).",
+)
+DAMAGED_OPENS = Counter(
+    "celery_durable_spill_damaged_opens",
+    "Spill store opens where LevelDB dropped unreadable log data (see the store's DAMAGED note).",
+)
 
 # -- worker side: dead-letter capture ----------------------------------------
 DUMPED = Counter("celery_durable_dumped", "Failed tasks dumped.", ["task"])
@@ -69,6 +82,11 @@ DUMP_FLUSH_DURATION = Histogram(
 )
 DUMP_WRITE_ERRORS = Counter(
     "celery_durable_dump_write_errors", "Dump flushes that failed (retried later)."
+)
+DUMPS_DROPPED = Counter(
+    "celery_durable_dumps_dropped",
+    "Dumps removed by the store's retention bounds (reason: max_age, max_entries, max_bytes).",
+    ["reason"],
 )
 
 # -- restore -----------------------------------------------------------------

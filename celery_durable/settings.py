@@ -43,20 +43,60 @@ SETTINGS: tuple[Option, ...] = (
         "durable_dlq_capacity_bytes",
         int,
         1 << 20,
-        "Flush the in-process dump buffer when it holds this many bytes.",
+        "Write the dumps logged since the last flush to the store once they hold this many bytes.",
         min=1,
     ),
     Option(
         "durable_dlq_flush_interval",
         float,
         1.0,
-        "Flush the dump buffer this many seconds after its first item.",
+        "Write logged dumps to the store this many seconds after the first one.",
         min=0.0,
     ),
     Option(
         "durable_dlq_version", int, 1, "Dump format version written in every segment header.", min=1
     ),
     Option("durable_dlq_serializer", str, "json", "Kombu serializer used to encode dumps."),
+    Option(
+        "durable_dlq_wal_max_bytes",
+        int,
+        1 << 30,
+        "Bound of each process's dump write-ahead log (dumps the dump store has not "
+        "taken yet); beyond it a dump is logged as a DROPPED DUMP line.",
+        min=1,
+    ),
+    # Retention of the dump store (DESIGN.md section 2; docs/src/dead-letters.md)
+    Option(
+        "durable_dlq_max_bytes",
+        int,
+        1 << 30,
+        "Most bytes the dump store keeps (parked dumps included; None: unbounded).",
+        min=1,
+        nullable=True,
+    ),
+    Option(
+        "durable_dlq_max_entries",
+        int,
+        100_000,
+        "Most dumps the dump store keeps (parked dumps included; None: unbounded).",
+        min=1,
+        nullable=True,
+    ),
+    Option(
+        "durable_dlq_max_age",
+        float,
+        180 * 86400.0,
+        "Dumps older than this many seconds are expired (None: never).",
+        min=0.0,
+        nullable=True,
+    ),
+    Option(
+        "durable_dlq_when_full",
+        str,
+        "drop_oldest",
+        "Which dumps go when a max_bytes/max_entries bound is exceeded.",
+        choices=("drop_oldest", "drop_newest"),
+    ),
     # Restore (DESIGN.md section 3)
     Option(
         "durable_restore_allow_rate",
@@ -133,6 +173,11 @@ class DurableSettings:
     dlq_flush_interval: float
     dlq_version: int
     dlq_serializer: str
+    dlq_wal_max_bytes: int
+    dlq_max_bytes: int | None
+    dlq_max_entries: int | None
+    dlq_max_age: float | None
+    dlq_when_full: str
     restore_allow_rate: float
     restore_queue_capacity: int
     restore_postpone_interval: float

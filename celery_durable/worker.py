@@ -5,21 +5,37 @@ forks, so prefork children inherit what it sets up) by :func:`connect`, which
 ``import celery_durable.dlq`` calls; the ``celery`` command imports that package
 through our CLI plugin, so every ``celery worker`` gets these hooks.
 
+* ``durable_dlq_url`` must name a registered store scheme: an unknown one is a
+  :class:`~celery_durable.exceptions.ConfigError` here, so the worker does not start.
 * ``durable_dlq_all_tasks = True``: installs capture (:func:`celery_durable.dlq.install`).
+* Every captured task (``@dead_letter`` or all tasks) gets a worker ``Request``
+  class that reports main-process failures (hard time limits, lost pool
+  processes) to capture (:func:`celery_durable.dlq.capture.use_request_classes`).
+* Dump write-ahead logs left by dead processes are adopted and flushed: by the
+  main process here, and by each pool child at ``worker_process_init``.
 * ``durable_metrics_port = N``: starts the Prometheus exporter once, in the main
   process (``metrics.start_exporter``); with ``PROMETHEUS_MULTIPROC_DIR`` set it
   aggregates the pool children.
+
+Errors in these hooks are raised (Celery logs them and, for ``ConfigError``,
+the worker exits: see :func:`_on_worker_init`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
+
+from .exceptions import ConfigError
 
 __all__ = ["connect", "start_metrics_exporter"]
 
 logger = logging.getLogger(__name__)
+
+#: The app whose worker this process belongs to (pool children inherit it).
+_worker_app: Any = None
 
 _exporter_started = False
 _exporter_lock = threading.Lock()
@@ -40,24 +56,57 @@ def start_metrics_exporter(port: int) -> bool:
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    global _worker_app
     app = getattr(sender, "app", None)
     if app is None:
         return
+    try:
+        _check(app)
+    except ConfigError as exc:
+        # Celery's signal dispatch logs and swallows a handler's Exception, so
+        # the worker would start anyway: SystemExit stops it, with one clear line.
+        raise SystemExit(f"celery-durable: configuration error: {exc}") from None
     from .settings import durable_settings
 
-    # A bad durable_* setting or unknown durable_dlq_serializer raises here:
-    # Celery logs it as "Signal handler ... raised: ConfigError(...)" at start-up.
     settings = durable_settings(app.conf)
-    from .dlq.codec import codec_for_app
-
-    codec_for_app(app)
     if settings["durable_dlq_all_tasks"]:
         from .dlq import install
 
         install(app)
+    if "celery_durable.dlq.capture" in sys.modules:
+        from .dlq import capture
+
+        if capture.use_request_classes(app):
+            _worker_app = app
+            _adopt(app)
     port = settings["durable_metrics_port"]
     if port is not None:
         start_metrics_exporter(port)
+
+
+def _check(app: Any) -> None:
+    """Every ``durable_*`` setting that can be wrong, checked before the worker starts."""
+    from .dlq.codec import codec_for_app
+    from .dlq.stores import default_url, factory_for
+    from .settings import durable_settings
+
+    settings = durable_settings(app.conf)
+    codec_for_app(app)
+    factory_for(settings["durable_dlq_url"] or default_url())
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    if _worker_app is not None:
+        _adopt(_worker_app)
+
+
+def _adopt(app: Any) -> None:
+    from .dlq import capture
+
+    try:
+        capture.adopt_orphans(app)
+    except Exception:  # a store that cannot be opened must not stop the worker
+        logger.exception("celery-durable: cannot adopt the dump logs of dead processes")
 
 
 def connect() -> None:
@@ -65,3 +114,6 @@ def connect() -> None:
     from celery import signals
 
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_durable.worker")
+    signals.worker_process_init.connect(
+        _on_worker_process_init, weak=False, dispatch_uid="celery_durable.worker.process"
+    )

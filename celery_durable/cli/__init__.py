@@ -2,7 +2,8 @@
 
 Registered through the ``celery.commands`` entry point
 (``durable = "celery_durable.cli:durable"``).  Each command group lives in its own
-module (``status``, ``spill``, ``dlq`` with ``dlq_restore``) and is attached below
+module (``status``, ``spill``, ``dlq`` with ``dlq_restore`` and ``dlq_unpark``,
+``web``) and is attached below
 with ``add_command``; the shared command classes and the one-line error boundary
 are in :mod:`.base`.  Every command exits non-zero with a one-line reason on
 failure.
@@ -17,7 +18,7 @@ from typing import Any
 import click
 from celery.bin.base import CLIContext, handle_preload_options
 
-from . import dlq, dlq_restore, spill, status
+from . import dlq, dlq_restore, dlq_unpark, spill, status, web
 from .base import DurableGroup, fail, get_app
 
 __all__ = ["durable", "fail", "get_app"]
@@ -44,8 +45,9 @@ def durable(ctx: click.Context, **kwargs: Any) -> None:
 
 
 dlq.dlq.add_command(dlq_restore.restore_command)
+dlq.dlq.add_command(dlq_unpark.unpark_command)
 
 durable.add_command(status.status)
 durable.add_command(spill.spill)
 durable.add_command(dlq.dlq)
-# `durable web` (cli/web.py): import `web` above and add it here, one line like those.
+durable.add_command(web.web)

@@ -20,10 +20,12 @@ from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
 from ..dlq import DumpEntry, DumpStore, QuarantinedDump, is_parked, store_for_app
+from ..dlq.summary import DumpFilter
 from ..dlq.validate import entry_problem, split_valid
 from ..exceptions import DurableError
 from ..settings import settings_for
 from .base import DurableGroup, fail, get_app
+from .dlq_filter import filter_options, matches
 
 __all__ = ["dlq", "open_cli_store", "url_option"]
 
@@ -62,16 +64,26 @@ def _when(ts: float) -> str:
 
 
 def _read(
-    store: DumpStore, task: str | None, parked_only: bool, limit: int
+    store: DumpStore,
+    task: str | None,
+    parked_only: bool,
+    limit: int,
+    flt: DumpFilter | None = None,
 ) -> tuple[list[DumpEntry], list[QuarantinedDump]]:
     """Well-formed dumps selected, and the malformed ones (quarantined: never listed as
     dumps, exported, restored or purged)."""
     good, bad = split_valid(store.url, store.entries(task=task))
-    return [e for e in good if not parked_only or is_parked(e, limit)], bad
+    return [
+        e
+        for e in good
+        if (not parked_only or is_parked(e, limit)) and (flt is None or matches(flt, e, limit))
+    ], bad
 
 
-def _selected(store: DumpStore, task: str | None, parked_only: bool, limit: int) -> list[DumpEntry]:
-    return _read(store, task, parked_only, limit)[0]
+def _selected(
+    store: DumpStore, task: str | None, parked_only: bool, limit: int, flt: DumpFilter | None = None
+) -> list[DumpEntry]:
+    return _read(store, task, parked_only, limit, flt)[0]
 
 
 @dlq.command(name="ls")
@@ -98,14 +110,22 @@ def _selected(store: DumpStore, task: str | None, parked_only: bool, limit: int)
     help_group="Selection Options",
     help="Only parked dumps (max restore attempts reached).",
 )
+@filter_options
 @url_option
 @click.pass_context
-def ls(ctx: click.Context, task: str | None, as_json: bool, parked: bool, url: str | None) -> None:
+def ls(
+    ctx: click.Context,
+    task: str | None,
+    as_json: bool,
+    parked: bool,
+    url: str | None,
+    flt: DumpFilter,
+) -> None:
     """List dumped tasks, oldest first, and any quarantined dumps."""
     store = open_cli_store(ctx, url)
     limit = _max_attempts(ctx)
     try:
-        entries, malformed = _read(store, task, parked, limit)
+        entries, malformed = _read(store, task, parked, limit, flt)
         quarantined = store.quarantined() + malformed
     except DurableError as exc:
         fail(f"cannot read {store.url}: {exc}")
@@ -176,13 +196,21 @@ def show(ctx: click.Context, task_id: str, url: str | None) -> None:
     help_group="Purging Options",
     help="Do not ask for confirmation.",
 )
+@filter_options
 @url_option
 @click.pass_context
-def purge(ctx: click.Context, parked: bool, task: str | None, force: bool, url: str | None) -> None:
+def purge(
+    ctx: click.Context,
+    parked: bool,
+    task: str | None,
+    force: bool,
+    url: str | None,
+    flt: DumpFilter,
+) -> None:
     """Delete dumps for good (quarantined dumps are never deleted)."""
     store = open_cli_store(ctx, url)
     try:
-        entries = _selected(store, task, parked, _max_attempts(ctx))
+        entries = _selected(store, task, parked, _max_attempts(ctx), flt)
     except DurableError as exc:
         fail(f"cannot read {store.url}: {exc}")
     if not entries:
@@ -223,16 +251,22 @@ def purge(ctx: click.Context, parked: bool, task: str | None, force: bool, url: 
     help_group="Output Options",
     help="File (default: stdout).",
 )
+@filter_options
 @url_option
 @click.pass_context
 def export(
-    ctx: click.Context, task: str | None, parked: bool, output: IO[str], url: str | None
+    ctx: click.Context,
+    task: str | None,
+    parked: bool,
+    output: IO[str],
+    url: str | None,
+    flt: DumpFilter,
 ) -> None:
     """Write dumps as JSON lines (they stay in the store)."""
     store = open_cli_store(ctx, url)
     count = 0
     try:
-        for entry in _selected(store, task, parked, _max_attempts(ctx)):
+        for entry in _selected(store, task, parked, _max_attempts(ctx), flt):
             output.write(json_dumps(entry.to_dict()) + "\n")
             count += 1
     except DurableError as exc:

@@ -14,13 +14,21 @@ import click
 from celery.bin.base import CeleryOption
 
 from ..dlq.base import DumpEntry
+from ..dlq.summary import DumpFilter
 from .base import DurableCommand, fail, get_app
 from .dlq import open_cli_store, url_option
+from .dlq_filter import filter_options, matches
 
 __all__ = ["restore_command"]
 
 
-def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) -> Any:
+def _selector(
+    task_ids: tuple[str, ...],
+    task_name: str | None,
+    seen: set[str],
+    flt: DumpFilter,
+    max_attempts: int,
+) -> Any:
     wanted = set(task_ids)
 
     def select(entry: DumpEntry) -> bool:
@@ -29,7 +37,9 @@ def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) 
                 seen.add(entry.task_id)
                 return True
             return False
-        return task_name is None or entry.task_name == task_name
+        if task_name is not None and entry.task_name != task_name:
+            return False
+        return matches(flt, entry, max_attempts)
 
     return select
 
@@ -66,6 +76,7 @@ def _selector(task_ids: tuple[str, ...], task_name: str | None, seen: set[str]) 
     help_group="Restore Options",
     help="Ignore the per-queue rate control.",
 )
+@filter_options
 @url_option
 @click.pass_context
 def restore_command(
@@ -76,8 +87,12 @@ def restore_command(
     dry_run: bool,
     force: bool,
     url: str | None,
+    flt: DumpFilter,
 ) -> None:
-    """Republish dumped tasks now (ignores backoff; parked entries included)."""
+    """Republish dumped tasks now (ignores backoff; parked entries included).
+
+    ``--all`` or ``--task`` may be narrowed by the filter options.
+    """
     if sum((bool(task_ids), restore_all, task_name is not None)) != 1:
         fail("dlq restore: give TASK_ID..., --all or --task NAME (exactly one)")
     from ..restore.runner import RestoreOptions, restore
@@ -91,7 +106,11 @@ def restore_command(
     store = open_cli_store(ctx, url)
     try:
         report = restore(
-            app, store, options, select=_selector(task_ids, task_name, seen), dry_run=dry_run
+            app,
+            store,
+            options,
+            select=_selector(task_ids, task_name, seen, flt, options.max_attempts),
+            dry_run=dry_run,
         )
     finally:
         store.close()

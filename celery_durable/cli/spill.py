@@ -65,16 +65,19 @@ def _cell(value: int | None) -> str:
 
 def format_table(infos: Sequence[StoreInfo]) -> str:
     """The ``spill ls`` table: one store per row."""
-    header = ("STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED", "OLDEST")
+    header = ("STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED", "OLDEST", "LOST")
     now = time.time()
     rows = [header]
     for info in infos:
         alive = "yes" if info.alive else "no"
         if info.error:
             alive += " (unreadable)"
+        name = info.path.name
+        if info.quarantine is not None:
+            name = f"{info.path.parent.name}/{name}"
         rows.append(
             (
-                info.path.name,
+                name,
                 info.hostname,
                 _cell(info.pid),
                 alive,
@@ -82,6 +85,7 @@ def format_table(infos: Sequence[StoreInfo]) -> str:
                 _cell(info.bytes),
                 _cell(info.quarantined),
                 "-" if info.oldest_created is None else f"{now - info.oldest_created:.0f}s",
+                _cell(info.lost) if info.lost or info.lost is None else "0",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -97,6 +101,8 @@ def ls(spill_dir: Path | None) -> None:
     """List the stores under the spill directory with owner, liveness and backlog.
 
     A store whose owner is alive is locked, so its backlog shows as "?".
+    Every directory that looks like a store is listed, readable or not, and
+    the stores moved to quarantine/ (unreadable data: never deleted) last.
     """
     root = resolve_spill_dir(spill_dir)
     infos = list_stores(root)
@@ -104,10 +110,31 @@ def ls(spill_dir: Path | None) -> None:
         click.echo(f"no spill stores under {root}")
         return
     click.echo(format_table(infos))
-    waiting = sum(i.records or 0 for i in infos if not i.alive)
-    orphans = sum(1 for i in infos if not i.alive)
+    active = [i for i in infos if i.quarantine is None]
+    waiting = sum(i.records or 0 for i in active if not i.alive)
+    orphans = sum(1 for i in active if not i.alive)
+    unknown = sum(1 for i in active if not i.alive and i.records is None)
     if orphans:
-        click.echo(f"{orphans} store(s) without a live owner hold {waiting} record(s)")
+        click.echo(
+            f"{orphans} store(s) without a live owner hold {waiting} record(s)"
+            + (f" ({unknown} unreadable: not counted)" if unknown else "")
+        )
+    for info in infos:
+        if info.damaged:
+            click.echo(f"DAMAGED {info.path}: {damage_text(info)}")
+
+
+def damage_text(info: StoreInfo) -> str:
+    """Why a listed store is damaged, in one line."""
+    parts = []
+    if info.quarantine is not None:
+        parts.append(f"quarantined ({info.quarantine})")
+    if info.error:
+        parts.append(info.error.replace(f"spill store {info.path} ", ""))
+    elif info.lost:
+        parts.append(f"{info.lost} records lost")
+    parts.append("run: celery durable spill check --repair " + str(info.path))
+    return "; ".join(parts)
 
 
 def describe(report: CheckReport) -> str:
@@ -121,6 +148,15 @@ def describe(report: CheckReport) -> str:
         report.meta_records != report.records or report.meta_bytes != report.bytes
     ):
         text += f"; counters said {report.meta_records} records, {report.meta_bytes} bytes"
+    if report.missing:
+        bound = "" if report.counters_known else "up to "
+        what = "the repair recovered" if report.repaired else "readable:"
+        text += (
+            f"; {bound}{report.missing} records LOST ({what} {report.records + report.corrupt}"
+            f" of {report.meta_records})"
+        )
+    if report.lost:
+        text += f"; {report.lost} records lost earlier"
     if report.repaired:
         text += "; repaired"
     for error in report.errors:
@@ -136,7 +172,9 @@ def check_cmd(spill_dir: Path | None, repair: bool, stores: tuple[Path, ...]) ->
     """Check (and with --repair, fix) stores: every record decodes, counters match.
 
     Without STORES, checks every store under the spill directory whose owner is
-    dead; stores in use by a live process are skipped.
+    dead (quarantined ones too); stores in use by a live process are skipped.
+    Records the counters expect that no readable key holds are reported as
+    LOST, before and after a repair: a repair never makes a loss look healthy.
     """
     explicit = bool(stores)
     paths = list(stores) or [i.path for i in list_stores(resolve_spill_dir(spill_dir))]
@@ -160,18 +198,44 @@ def check_cmd(spill_dir: Path | None, repair: bool, stores: tuple[Path, ...]) ->
         fail(f"{bad} of {len(paths) - skipped} spill store(s) have problems{hint}")
 
 
+def _counter(name: str) -> int:
+    from prometheus_client import REGISTRY
+
+    return int(REGISTRY.get_sample_value(name) or 0)
+
+
 @spill.command(name="drain")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the backlog to reach the broker.")  # fmt: skip
 @click.pass_context
 def drain(ctx: click.Context, timeout: float) -> None:
-    """Adopt the stores of dead processes and forward their backlog to the broker now."""
+    """Adopt the stores of dead processes and forward their backlog to the broker now.
+
+    Stores with unreadable data are never deleted: adoption moves them to
+    quarantine/.  They are listed, and the command exits non-zero while any is
+    there (what LevelDB can still read: spill check --repair, see the runbook).
+    """
     from ..transport.appconf import drain_orphans, durable_config
 
     app = get_app(ctx)
-    if durable_config(app) is None:
+    config = durable_config(app)
+    if config is None:
         fail("the app's broker_url does not use the durable transport (durable+redis://)")
+    before = (
+        _counter("celery_durable_drained_total"),
+        _counter("celery_durable_spill_records_lost_total"),
+    )
     found, left = drain_orphans(app, timeout)
     if left:
         fail(f"drained {found - left} of {found} spilled messages; {left} left (broker down?)")
-    click.echo(f"drained {found} spilled message(s)")
+    drained = _counter("celery_durable_drained_total") - before[0]
+    lost = _counter("celery_durable_spill_records_lost_total") - before[1]
+    click.echo(
+        f"drained {drained} spilled message(s)"
+        + (f"; {lost} counted but unreadable (lost)" if lost else "")
+    )
+    damaged = [i for i in list_stores(config.store_dir) if i.damaged and not i.alive]
+    for info in damaged:
+        click.echo(f"DAMAGED {info.path}: {damage_text(info)}")
+    if damaged:
+        fail(f"{len(damaged)} spill store(s) with unreadable data kept aside (never deleted)")

@@ -111,7 +111,8 @@ def _spill_status(app: Any) -> dict[str, Any] | None:
     if config is None:
         return None
     stores = []
-    for info in list_stores(config.store_dir):
+    infos = list_stores(config.store_dir)
+    for info in infos:
         stores.append(
             {
                 "store": info.path.name,
@@ -123,6 +124,8 @@ def _spill_status(app: Any) -> dict[str, Any] | None:
                 "quarantined": info.quarantined,
                 "oldest_age_seconds": _age(info.oldest_created),
                 "error": info.error,
+                "lost": info.lost,
+                "quarantine": info.quarantine,
             }
         )
     reachable = _broker_reachable(
@@ -137,12 +140,14 @@ def _spill_status(app: Any) -> dict[str, Any] | None:
         "breaker": "closed" if reachable else "open",
         "producer_breakers": producer_breakers(),
         "stores": stores,
-        "backlog": sum(s["records"] or 0 for s in stores),
+        "backlog": sum(s["records"] or 0 for s in stores if s["quarantine"] is None),
+        "damaged": sum(1 for info in infos if info.damaged),
     }
 
 
 def _dump_status(app: Any) -> dict[str, Any]:
     from ..dlq.base import is_parked
+    from ..dlq.retention import dropped_counts
     from ..settings import settings_for
     from .dlq import open_cli_store
 
@@ -158,6 +163,7 @@ def _dump_status(app: Any) -> dict[str, Any]:
             "parked": parked,
             "oldest_age_seconds": _age(oldest),
             "quarantined": len(store.quarantined()) + len(malformed),
+            "dropped": dropped_counts(store),
         }
     finally:
         store.close()
@@ -199,9 +205,20 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  dir {spill['spill_dir']}")
         for s in spill["stores"]:
             alive = "alive" if s["alive"] else "dead (adoptable)"
+            if s["quarantine"] is not None:
+                alive = "QUARANTINED (unreadable data, never deleted)"
+            elif s["error"] or s["lost"]:
+                alive += ", DAMAGED"
             age = "" if s["oldest_age_seconds"] is None else f", oldest {s['oldest_age_seconds']} s"
-            click.echo(f"  {s['store']}: {alive}, {s['records']} records, {s['bytes']} bytes{age}")
+            lost = f", {s['lost']} lost" if s["lost"] else ""
+            click.echo(
+                f"  {s['store']}: {alive}, {s['records']} records, {s['bytes']} bytes{age}{lost}"
+            )
+            if s["error"]:
+                click.echo(f"    {s['error']}")
     click.echo(
         f"dlq: {dumps['url']} dumps {dumps['dumps']} parked {dumps['parked']} "
         f"quarantined {dumps['quarantined']} oldest {dumps['oldest_age_seconds']} s"
     )
+    dropped = ", ".join(f"{reason} {n}" for reason, n in dumps["dropped"].items())
+    click.echo(f"  dropped by retention: {dropped}")

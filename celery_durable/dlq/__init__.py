@@ -14,6 +14,12 @@ How a worker learns about capture:
 * a worker started some other way (``app.Worker(...).start()`` in a script) calls
   :func:`install` itself.
 
+Where a dump goes: :mod:`.capture` (the ``task_failure`` handler) builds a
+:class:`DumpEntry` (:mod:`.message`), the process's :class:`~.dumpqueue.DumpQueue`
+encodes it once (the store's :mod:`.codec`) and appends it to the process's
+write-ahead log (:mod:`.wal`) before the handler returns, then writes the log's
+segments to the dump store (:mod:`.stores`) in batches.
+
 Nothing here imports Celery's worker machinery until capture is installed.
 """
 
@@ -21,12 +27,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import DumpEntry, DumpStore, QuarantinedDump, is_parked
+from .base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump, is_parked
 from .stores import open_store, register_store, store_for_app
 
 __all__ = [
     "DumpEntry",
     "DumpStore",
+    "EncodedDump",
     "QuarantinedDump",
     "install",
     "is_parked",

@@ -3,16 +3,31 @@
 A store is chosen by URL (``durable_dlq_url``): ``file:///path`` or
 ``redis://host:port/db``.  Users can add their own by subclassing
 :class:`DumpStore` and registering a URL scheme (see ``celery_durable.dlq.stores``).
+
+One primitive, one encoding: :meth:`DumpStore.encode` is the only place a
+:class:`DumpEntry` becomes bytes (the store's :class:`~.codec.Codec`, so the
+app's ``durable_dlq_serializer``), giving an :class:`EncodedDump`; a store
+implements :meth:`DumpStore.write_encoded`, which only frames and persists those
+bytes.  The dump queue and its write-ahead log carry :class:`EncodedDump` from
+the failing task to the store, so a dump is encoded exactly once.
+:meth:`DumpStore.write` is the convenience for callers holding entries.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+import socket
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DumpEntry", "DumpStore", "QuarantinedDump", "is_parked"]
+if TYPE_CHECKING:
+    from .codec import Codec
+
+__all__ = ["DumpEntry", "DumpStore", "EncodedDump", "QuarantinedDump", "is_parked"]
+
+HOST = socket.gethostname()
 
 
 @dataclass
@@ -59,6 +74,20 @@ class DumpEntry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass(frozen=True)
+class EncodedDump:
+    """A dump as its store's codec encoded it, with what a store needs to file it.
+
+    ``payload`` is self-describing (:mod:`.codec`); the other fields are copies
+    of the entry's, so a store can index, order and count without decoding.
+    """
+
+    task_id: str
+    task_name: str
+    failed_at: float
+    payload: bytes
+
+
 @dataclass
 class QuarantinedDump:
     """A segment or record the store could not read: kept on disk, reported, never deleted."""
@@ -78,26 +107,52 @@ def is_parked(entry: DumpEntry, max_attempts: int) -> bool:
 
 
 class DumpStore(abc.ABC):
-    """Where dumps are written and read.  Implementations must be process-safe."""
+    """Where dumps are written and read.  Implementations must be process-safe.
+
+    Subclasses implement :meth:`write_encoded`, :meth:`entries`, :meth:`delete`
+    and :meth:`quarantined`, and keep the codec they are given as ``self.codec``
+    (``open_store`` sets it on a store that does not).
+    """
 
     url: str
+    codec: Codec
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Before 0.2 ``write(entries)`` was the abstract method: a store written
+        # then still works, its entries decoded back from the encoded dumps.
+        legacy = "write" in cls.__dict__ and getattr(
+            cls.write_encoded, "__isabstractmethod__", False
+        )
+        if legacy:
+            warnings.warn(
+                f"{cls.__qualname__} implements DumpStore.write(); implement "
+                "write_encoded(dumps) instead (write() is now derived from it)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls.write_encoded = _legacy_write_encoded  # type: ignore[method-assign]
+
+    def encode(self, entry: DumpEntry) -> EncodedDump:
+        """``entry`` through this store's codec: the one place a dump becomes bytes."""
+        if not entry.host:
+            entry.host = HOST
+        return EncodedDump(
+            entry.task_id, entry.task_name, entry.failed_at, self.codec.encode(entry)
+        )
+
+    def write(self, entries: Sequence[DumpEntry]) -> None:
+        """Encode and persist ``entries`` atomically; fills in their ``entry_id``."""
+        ids = self.write_encoded([self.encode(e) for e in entries])
+        for entry, entry_id in zip(entries, ids, strict=True):
+            entry.entry_id = entry_id
 
     @abc.abstractmethod
-    def write(self, entries: list[DumpEntry]) -> None:
-        """Persist ``entries`` atomically (all or none).  Raises ``DumpError``."""
+    def write_encoded(self, dumps: Sequence[EncodedDump]) -> list[str]:
+        """Persist ``dumps`` atomically (all or none); return their entry ids in order.
 
-    def encode(self, entry: DumpEntry) -> bytes:
-        """``entry`` as this store will write it; the dump queue sizes its batches by it."""
-        from .codec import Codec
-
-        return Codec().encode(entry)
-
-    def write_encoded(self, items: list[tuple[DumpEntry, bytes]]) -> None:
-        """Like :meth:`write` for entries already passed through :meth:`encode`.
-
-        Stores override it to avoid encoding twice; the default just writes.
+        The payloads are final: frame them, never re-encode.  Raises ``DumpError``.
         """
-        self.write([entry for entry, _ in items])
 
     @abc.abstractmethod
     def entries(self, *, task: str | None = None) -> Iterator[DumpEntry]:
@@ -125,3 +180,9 @@ class DumpStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
+
+
+def _legacy_write_encoded(self: DumpStore, dumps: Sequence[EncodedDump]) -> list[str]:
+    entries = [self.codec.decode(d.payload) for d in dumps]
+    self.write(entries)
+    return [e.entry_id for e in entries]

@@ -19,34 +19,54 @@ neither is dumped.  Eager calls (``apply()``, ``task_always_eager``) had no
 message to restore and are not dumped either.
 
 A hard time limit or a lost pool process is reported by the worker's *main*
-process, from ``Request.on_timeout``/``Request.on_failure``; there the handler
-finds that ``Request`` on the call stack and copies its message
-(:func:`~celery_durable.dlq.message.entry_from_request`).  The handler never
+process, from ``Request.on_timeout``/``Request.on_failure``, where
+``task.request`` belongs to no task or to another one.  Celery's own hook for
+this is the task's ``Request`` class (``Task.Request``): every captured task
+gets one with :class:`DeadLetterRequest` mixed in, composed with the class the
+task already had (a user's own subclass keeps working).  Its ``on_timeout`` and
+``on_failure`` tell the handler which ``Request`` is failing, and the handler
+copies that request's message
+(:func:`~celery_durable.dlq.message.entry_from_request`); the same request is
+never dumped twice (Celery 5.7 reports a hard time limit from both methods).
+``@dead_letter`` sets the class on the task it marks; :func:`use_request_classes`
+sets it on every captured task of an app at ``worker_init``, before the worker
+builds its task strategies.
+
+Crash safety: :class:`~celery_durable.dlq.dumpqueue.DumpQueue` appends the dump
+to this process's write-ahead log before the handler returns.  The handler never
 raises into the worker: any error is logged.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
-import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
 from celery import signals
 from celery.app.task import Context, Task
 from celery.exceptions import Ignore, Reject, Retry, Terminated
 from celery.local import PromiseProxy
+from kombu.utils.imports import symbol_by_name
 
 from ..settings import durable_settings
 from .dumpqueue import DumpQueue, log_dropped
 from .message import entry_from_context, entry_from_request
 from .stores import store_for_app
 
-__all__ = ["dead_letter", "flush_all", "queue_for_app"]
+__all__ = [
+    "DeadLetterRequest",
+    "adopt_orphans",
+    "dead_letter",
+    "flush_all",
+    "queue_for_app",
+    "use_request_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +107,7 @@ def dead_letter(task: Any = None, *, exclude: Any = ()) -> Any:
             setattr(obj, MARK, excluded)
             if isinstance(obj, Task):
                 _marked_names[obj.name] = excluded
+                use_request_class(obj)
         return obj
 
     if task is not None:
@@ -98,6 +119,7 @@ def _mark_evaluated(proxy: PromiseProxy, excluded: tuple[type[BaseException], ..
     real = proxy._get_current_object()
     setattr(real, MARK, excluded)
     _marked_names[real.name] = excluded
+    use_request_class(real)
 
 
 def _marks(task: Any) -> tuple[type[BaseException], ...] | None:
@@ -122,6 +144,7 @@ def queue_for_app(app: Any) -> DumpQueue:
                     lambda: store_for_app(app),
                     capacity_bytes=settings["durable_dlq_capacity_bytes"],
                     flush_interval=settings["durable_dlq_flush_interval"],
+                    wal_max_bytes=settings["durable_dlq_wal_max_bytes"],
                 )
                 _queues[app] = queue
     return queue
@@ -136,9 +159,15 @@ def flush_all(timeout: float = 10.0) -> None:
             logger.exception("dlq: final flush failed")
 
 
+def adopt_orphans(app: Any) -> int:
+    """Flush the dump logs that dead processes left for ``app``'s store (process start)."""
+    return queue_for_app(app).adopt()
+
+
 def _forget_after_fork() -> None:
-    # The parent writes what it buffered; the child starts empty, with its own
-    # lock and (lazily) its own flusher thread.
+    # The parent's log and thread stay the parent's; the child builds its own
+    # log (and flusher thread) on first use.  The parent's objects are dropped,
+    # never closed: their descriptors and locks belong to the parent.
     global _queues_lock
     _queues.clear()
     _queues_lock = threading.Lock()
@@ -158,20 +187,93 @@ def _all_tasks(app: Any) -> bool:
     return found
 
 
-def _find_request(task_id: str) -> Any:
-    """The worker ``Request`` of ``task_id`` if we are called from its on_timeout/on_failure."""
-    from celery.worker.request import Request
+# -- the worker's Request class --------------------------------------------------
+_reporting = threading.local()
+DUMPED = "_durable_dumped"
 
-    frame = sys._getframe(2)
-    depth = 0
-    while frame is not None and depth < 12:
-        if frame.f_code.co_name in ("on_timeout", "on_failure"):
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, Request) and candidate.id == task_id:
-                return candidate
-        frame = frame.f_back  # type: ignore[assignment]
-        depth += 1
+
+class DeadLetterRequest:
+    """Mixed into a captured task's worker ``Request`` class (``Task.Request``).
+
+    The worker's main process reports hard time limits and lost pool processes
+    from these two methods; while they run, the ``task_failure`` handler on this
+    thread knows which request (and so which message) failed.
+    """
+
+    id: str
+
+    def on_timeout(self, soft: bool, timeout: float) -> Any:
+        with _report(self):
+            return super().on_timeout(soft, timeout)  # type: ignore[misc]
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        with _report(self):
+            return super().on_failure(  # type: ignore[misc]
+                exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+            )
+
+
+@contextlib.contextmanager
+def _report(request: Any) -> Iterator[None]:
+    previous = getattr(_reporting, "request", None)
+    _reporting.request = request
+    try:
+        yield
+    finally:
+        _reporting.request = previous
+
+
+def _reported_request(task_id: str) -> Any:
+    """The ``Request`` of ``task_id`` if its main-process failure handler is running."""
+    request = getattr(_reporting, "request", None)
+    if request is not None and request.id == task_id:
+        return request
     return None
+
+
+_composed: dict[type, type] = {}
+
+
+def request_class_for(base: type) -> type:
+    """``base`` with :class:`DeadLetterRequest` mixed in (one class per base)."""
+    if issubclass(base, DeadLetterRequest):
+        return base
+    composed = _composed.get(base)
+    if composed is None:
+        composed = type(
+            f"DeadLetter{base.__name__}", (DeadLetterRequest, base), {"__module__": __name__}
+        )
+        _composed[base] = composed
+    return composed
+
+
+def use_request_class(task: Any) -> None:
+    """Give ``task`` a Request class that reports main-process failures to capture."""
+    task.Request = request_class_for(symbol_by_name(task.Request))
+
+
+def _captured(task: Any) -> bool:
+    if _marks(task) is not None:
+        return True
+    # durable_dlq_all_tasks never covers our own tasks: a failing restore
+    # run must not dump itself into the store it is restoring from.
+    return _all_tasks(task.app) and not str(task.name).startswith("celery_durable.")
+
+
+def use_request_classes(app: Any) -> int:
+    """Set the Request class of every captured task of ``app``; return how many.
+
+    Called at ``worker_init``: the worker builds its task strategies (which read
+    ``task.Request``) after that, when its consumer starts.
+    """
+    count = 0
+    for task in app.tasks.values():
+        if _captured(task):
+            use_request_class(task)
+            count += 1
+    return count
 
 
 def _requeued_timeout(task: Any, exc: BaseException) -> bool:
@@ -206,19 +308,16 @@ def _capture(
         return
     if isinstance(exc, NOT_FINAL):
         return
-    excluded = _marks(task)
-    if excluded is None:
-        # durable_dlq_all_tasks never covers our own tasks: a failing restore
-        # run must not dump itself into the store it is restoring from.
-        if not _all_tasks(task.app) or str(task.name).startswith("celery_durable."):
-            return
-        excluded = ()
+    if not _captured(task):
+        return
+    excluded = _marks(task) or ()
     if excluded and isinstance(exc, excluded):
         return
-    request = _find_request(task_id)
+    request = _reported_request(task_id)
     if request is not None:
-        if _requeued_timeout(task, exc):
+        if getattr(request, DUMPED, False) or _requeued_timeout(task, exc):
             return
+        setattr(request, DUMPED, True)
         entry = entry_from_request(task, request, exc, einfo)
     else:
         ctx = task.request
@@ -230,7 +329,7 @@ def _capture(
         entry = entry_from_context(task, ctx, task_id, exc, einfo, args, kwargs)
     try:
         queue_for_app(task.app).put(entry)
-    except Exception as error:  # no store (bad URL, unwritable dir): keep it in the log
+    except Exception as error:  # no store (bad URL): keep it in the log
         log_dropped(entry, f"cannot queue the dump: {error!r}")
         raise
 

@@ -329,9 +329,24 @@ def restore(
         lock.release()
         if not dry_run:
             metrics.RESTORE_LAG.set(report.lag)
+            _note_run(store, report)
     if report.error:
         raise RestoreError(report.error)
     return report
+
+
+LAST_RUN_NOTE = "last-restore"
+
+
+def _note_run(store: DumpStore, report: RestoreReport) -> None:
+    """Leave what this run did in the store, for the console's overview."""
+    put = getattr(store, "put_note", None)
+    if put is None:
+        return
+    try:
+        put(LAST_RUN_NOTE, {"at": time.time(), **report.as_dict()})
+    except Exception:  # a note is nice to have; never fail a run for it
+        logger.debug("restore: cannot note the run in %s", store.url, exc_info=True)
 
 
 def _publish(

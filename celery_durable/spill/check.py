@@ -18,12 +18,17 @@ import plyvel
 
 from .. import metrics
 from ..exceptions import CorruptRecord, SpillError, VersionMismatch
+from ..files import private_files
 from .layout import (
     META_KEY,
     QUAR,
     REC,
     StoreLocked,
+    StoreState,
+    damage_note,
     is_lock_error,
+    lost_tables,
+    note_recovery_errors,
     open_db,
     open_paths,
     read_state,
@@ -36,7 +41,14 @@ __all__ = ["CheckReport", "check"]
 
 @dataclass
 class CheckReport:
-    """What :func:`check` found (and fixed, with ``repair=True``)."""
+    """What :func:`check` found (and fixed, with ``repair=True``).
+
+    ``meta_records`` is what the store's counters expect (the meta key, and the
+    highest sequence number in the data and in LevelDB's manifest); ``missing``
+    how many of those no readable key holds now (after a repair: what the
+    repair could not recover); ``lost`` the records counted lost before this
+    check (persistent: a store that lost data stays damaged, see ``ok``).
+    """
 
     path: Path
     records: int = 0
@@ -45,13 +57,19 @@ class CheckReport:
     quarantined: int = 0
     meta_records: int | None = None
     meta_bytes: int | None = None
+    missing: int = 0
+    lost: int = 0
+    #: False when the meta key was lost too: ``missing`` is then an upper bound.
+    counters_known: bool = True
+    #: Unreadable data LevelDB reported (dropped log bytes, tables set aside in ``lost/``).
+    damage: str | None = None
     repaired: bool = False
     errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Readable, nothing corrupt left in the backlog, and the counters match the data."""
-        if self.errors:
+        """Readable, nothing lost or corrupt left in the backlog, counters match the data."""
+        if self.errors or self.missing or self.lost or self.damage:
             return False
         if self.repaired:
             return True
@@ -71,6 +89,10 @@ class CheckReport:
             "quarantined": self.quarantined,
             "meta_records": self.meta_records,
             "meta_bytes": self.meta_bytes,
+            "missing": self.missing,
+            "lost": self.lost,
+            "counters_known": self.counters_known,
+            "damage": self.damage,
             "repaired": self.repaired,
             "errors": list(self.errors),
         }
@@ -78,6 +100,11 @@ class CheckReport:
 
 def check(path: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
     """Scan a closed store: decode every record, recount, compare with the counters.
+
+    The counters are read *before* a repair too, so records the repair could
+    not bring back are reported as ``missing`` rather than forgotten.  With
+    ``repair=True`` they are added to the store's persistent ``lost`` counter
+    (the store is then quarantined, never deleted, once drained).
 
     Raises :class:`StoreLocked` when the store is open (here or in a live
     process).  Problems found are in the report, never raised.
@@ -89,8 +116,18 @@ def check(path: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
     if not path.is_dir():
         report.errors.append("no such spill store directory")
         return report
-    if not (path / "CURRENT").exists() and not repair:
-        report.errors.append("not a LevelDB store (no CURRENT file); try --repair")
+    before: StoreState | None = None
+    if (path / "CURRENT").exists():
+        try:
+            before = _counters(path)
+        except StoreLocked:
+            raise
+        except (SpillError, plyvel.Error, ValueError) as exc:
+            if not repair:
+                report.errors.append(f"{exc}; try --repair")
+                return report
+    elif not repair:
+        report.errors.append("damaged: the CURRENT file is missing; --repair rebuilds it")
         return report
     if repair:
         try:
@@ -100,6 +137,10 @@ def check(path: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
                 raise StoreLocked(f"spill store {path} is in use by a live process") from exc
             report.errors.append(f"repair_db failed: {exc}")
             return report
+        finally:
+            private_files(path)
+            private_files(path / "lost")
+        note_recovery_errors(path)
     try:
         db = open_db(path, create=False)
     except StoreLocked:
@@ -108,17 +149,39 @@ def check(path: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
         report.errors.append(str(exc))
         return report
     try:
-        _scan(db, report, repair)
+        _scan(db, report, repair, before)
     except (plyvel.Error, ValueError) as exc:
         report.errors.append(f"read failed: {exc}")
     finally:
         db.close()
+        private_files(path)
+    report.damage = damage_note(path)
+    tables = lost_tables(path)
+    if tables:
+        set_aside = f"repair set aside unreadable tables in lost/: {', '.join(tables)}"
+        report.damage = f"{report.damage}; {set_aside}" if report.damage else set_aside
     return report
 
 
-def _scan(db: plyvel.DB, report: CheckReport, repair: bool) -> None:
+def _counters(path: Path) -> StoreState:
+    db = open_db(path, create=False)
+    try:
+        return read_state(db)
+    finally:
+        db.close()
+
+
+def _expected(state: StoreState) -> int:
+    return state.records + state.missing  # read_state moved the unreadable ones to missing
+
+
+def _scan(db: plyvel.DB, report: CheckReport, repair: bool, before: StoreState | None) -> None:
     state = read_state(db)
-    report.meta_records, report.meta_bytes = state.records, state.nbytes
+    if before is not None and (not state.counters_known or _expected(before) > _expected(state)):
+        state = before  # the repair lost counters it had: trust the earlier ones
+    report.meta_records = state.records + state.missing
+    report.meta_bytes = state.nbytes + state.missing_bytes
+    report.lost, report.counters_known = state.lost, state.counters_known
     bad: list[tuple[bytes, bytes]] = []
     head: int | None = None
     with db.iterator(prefix=REC) as it:
@@ -135,10 +198,12 @@ def _scan(db: plyvel.DB, report: CheckReport, repair: bool) -> None:
             report.bytes += len(value)
     with db.iterator(prefix=QUAR, include_value=False) as it:
         report.quarantined = sum(1 for _ in it)
+    report.missing = max(0, report.meta_records - report.records - report.corrupt)
     if not repair:
         return
     if head is not None:
         state.acked = min(state.acked, head - 1)  # never hide a stored record
+    state.lost += report.missing
     state.quarantined = max(state.quarantined, report.quarantined + len(bad))
     state.appended = max(state.appended, report.bytes)
     state.removed = state.next_seq - 1 - report.records
@@ -152,3 +217,5 @@ def _scan(db: plyvel.DB, report: CheckReport, repair: bool) -> None:
     report.repaired = True
     if bad:
         metrics.CORRUPT_RECORDS.labels(store="spill").inc(len(bad))
+    if report.missing:
+        metrics.RECORDS_LOST.inc(report.missing)

@@ -19,6 +19,14 @@ Invariants (each one is tested):
   (:mod:`.directory`).
 * **Corruption never stops the reader.** A record that fails its CRC or
   decoding is moved to the quarantine keyspace, counted and skipped.
+* **Loss is never silent, and a damaged store is never deleted.** Records the
+  counters expect that LevelDB cannot read (a truncated table, a damaged log:
+  LevelDB skips those and plyvel ends the iteration without an error) are
+  counted in the persistent ``lost`` counter, logged and exported; a store with
+  ``lost > 0`` or a read error is not :attr:`~SpillStore.is_intact`, and
+  :meth:`~SpillStore.destroy` moves it to ``quarantine/`` instead of deleting it.
+* **Owner only.** The store directory is ``0700`` and its files ``0600``
+  (:mod:`celery_durable.files`): spilled messages carry task arguments.
 """
 
 from __future__ import annotations
@@ -34,8 +42,17 @@ from pathlib import Path
 import plyvel
 
 from .. import metrics
-from ..exceptions import CorruptRecord, SpillError, SpillFull, VersionMismatch
+from ..exceptions import (
+    ConfigError,
+    CorruptRecord,
+    SpillError,
+    SpillFull,
+    StoreDamaged,
+    VersionMismatch,
+)
+from ..files import private_dir, private_files
 from .check import CheckReport, check
+from .directory import quarantine_store
 from .layout import (
     KEY,
     META_KEY,
@@ -43,18 +60,22 @@ from .layout import (
     REC,
     REC_END,
     StoreLocked,
+    StoreState,
+    damage_note,
     first_created,
     first_key,
+    lost_tables,
     open_db,
     open_lock,
     open_stores,
+    read_error,
     read_state,
     rkey,
     seq_of,
 )
 from .record import SpillRecord, decode, encode
 
-__all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreLocked", "check"]
+__all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreDamaged", "StoreLocked", "check"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +90,11 @@ class SpillStore:
     least every ``sync_interval`` seconds while writes happen; a helper thread
     sleeps on an event while nothing is written).  ``max_bytes`` bounds the
     encoded bytes of the backlog (:class:`SpillFull` beyond it).
+
+    Opening raises :class:`StoreLocked` (a live process has it),
+    :class:`StoreDamaged` (LevelDB cannot open it), :class:`SpillError` (the
+    disk or permissions) or :class:`~celery_durable.exceptions.ConfigError`
+    (a bad ``sync`` mode, or a path under a regular file).
     """
 
     def __init__(
@@ -80,7 +106,7 @@ class SpillStore:
         sync_interval: float = 0.5,
     ) -> None:
         if sync not in SYNC_MODES:
-            raise ValueError(f"spill_sync={sync!r}: must be one of {', '.join(SYNC_MODES)}")
+            raise ConfigError(f"spill_sync={sync!r}: must be one of {', '.join(SYNC_MODES)}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.sync = sync
@@ -95,22 +121,24 @@ class SpillStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._damage: str | None = None  # why the store is not intact (read errors)
         self._key = self.path.resolve()
         with open_lock:
             if self._key in open_stores:
                 raise StoreLocked(f"spill store {self.path} is already open in this process")
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SpillError(f"cannot create spill store {self.path}: {exc}") from exc
+            private_dir(self.path, setting="spill_dir", error=SpillError, tighten=True)
             self._db = open_db(self.path, create=True)
             open_stores[self._key] = self
             self._closed = False
+        private_files(self.path)
         try:
             self._state = read_state(self._db)
         except (plyvel.Error, ValueError) as exc:
-            self.close()
-            raise SpillError(f"cannot read spill store {self.path}: {exc}") from exc
+            self._state = StoreState()  # never written: close() must not overwrite the meta
+            self._closed_without_meta()
+            raise read_error(self.path, exc) from exc
+        if self._state.missing:
+            self._record_loss(self._state, self._state.missing, "at open")
         if sync == "interval":
             self._syncer = threading.Thread(
                 target=self._sync_loop, name=f"spill-sync-{self.path.name}", daemon=True
@@ -132,6 +160,35 @@ class SpillStore:
         return self._state.quarantined
 
     @property
+    def lost(self) -> int:
+        """Records the counters expected that LevelDB could not read, ever (persistent)."""
+        return self._state.lost
+
+    @property
+    def is_intact(self) -> bool:
+        """False once the store had unreadable data: then it is quarantined, never deleted.
+
+        Unreadable data means records lost (:attr:`lost`), a LevelDB read error
+        on this handle, or tables LevelDB's repair could not read (``lost/``).
+        """
+        return self.damage is None
+
+    @property
+    def damage(self) -> str | None:
+        """Why the store is not intact (None while it is)."""
+        if self._state.lost:
+            return f"{self._state.lost} spilled records lost (LevelDB could not read them)"
+        if self._damage is not None:
+            return self._damage
+        note = damage_note(self.path)
+        if note is not None:
+            return note
+        tables = lost_tables(self.path)
+        if tables:
+            return f"LevelDB repair set aside unreadable tables: {', '.join(tables)}"
+        return None
+
+    @property
     def last_seq(self) -> int:
         """The sequence number of the newest record ever appended (0 if none)."""
         return self._state.next_seq - 1
@@ -142,7 +199,12 @@ class SpillStore:
         if self._state.records <= 0 or self._closed:
             return None
         if not self._oldest_known:
-            self._oldest, self._oldest_known = first_created(self._db, self._state.acked), True
+            try:
+                oldest = first_created(self._db, self._state.acked)
+            except plyvel.Error as exc:  # a gauge must not fail: peek reports the damage
+                logger.debug("spill store %s: oldest record unreadable: %s", self.path, exc)
+                return None
+            self._oldest, self._oldest_known = oldest, True
         return self._oldest
 
     @property
@@ -248,7 +310,13 @@ class SpillStore:
                         if len(out) >= limit:
                             break
             except plyvel.Error as exc:
-                raise SpillError(f"spill store {self.path}: read failed: {exc}") from exc
+                # A table or block LevelDB cannot read.  Hand out what came
+                # before it; with nothing before it the store is stuck here.
+                error = read_error(self.path, exc)
+                if isinstance(error, StoreDamaged):
+                    self._damage = str(error)
+                if not out:
+                    raise error from exc
             if bad:
                 self._quarantine(bad)
             if not out and not bad and self._state.records:
@@ -286,18 +354,39 @@ class SpillStore:
             )
 
     def _reset_empty(self) -> None:
-        # Counters say records wait but the range is empty (LevelDB recovering
-        # a damaged log can drop a batch): the data is the truth.
+        # Counters say records wait but the range is empty: sequence numbers
+        # are dense, so these records were lost (LevelDB skipped a table or
+        # log it could not read, or dropped a batch when recovering a log).
         with self._lock:
-            if first_key(self._db, self._state.acked) is not None:
-                return
-            logger.warning(
-                "spill store %s: %d records counted but none stored; resetting counters",
-                self.path,
-                self._state.records,
-            )
-            self._state.mark_empty()
-            self._db.put(META_KEY, self._state.pack(), sync=self._write_sync)
+            try:
+                if first_key(self._db, self._state.acked) is not None:
+                    return  # an append landed after our iterator was made
+            except plyvel.Error as exc:
+                raise read_error(self.path, exc) from exc
+            self._record_loss(self._state, self._state.records, "while draining")
+
+    def _record_loss(self, state: StoreState, n: int, when: str) -> None:
+        """Count ``n`` records as lost, persistently, and say so (log + metric)."""
+        bound = "" if state.counters_known else "up to "
+        after = replace(state, lost=state.lost + n)
+        after.mark_empty()
+        try:
+            self._db.put(META_KEY, after.pack(), sync=True)
+        except plyvel.Error as exc:
+            logger.error("spill store %s: cannot record the loss: %s", self.path, exc)
+        state.lost, state.removed = after.lost, after.removed
+        state.removed_bytes = after.removed_bytes
+        state.missing = state.missing_bytes = 0
+        metrics.RECORDS_LOST.inc(n)
+        logger.error(
+            "celery-durable: spill store %s: %s%d spilled records lost %s: the counters "
+            "expected them but LevelDB cannot read them (damaged table or log); "
+            "the store will be quarantined, not deleted",
+            self.path,
+            bound,
+            n,
+            when,
+        )
 
     def ack(self, upto_seq: int) -> None:
         """Delete every record with ``seq <= upto_seq`` (one atomic batch)."""
@@ -317,6 +406,10 @@ class SpillStore:
                     for key, value in it:
                         keys.append(key)
                         freed += len(value)
+                        if seq_of(key) >= upto_seq:
+                            # Stop here: stepping on would open the next table,
+                            # which may be the unreadable one peek stopped at.
+                            break
                 with self._lock:
                     after = replace(
                         state,
@@ -347,6 +440,7 @@ class SpillStore:
             self._db.compact_range(start=b"\x00", stop=b"\xff")
         except plyvel.Error as exc:
             raise SpillError(f"spill store {self.path}: compaction failed: {exc}") from exc
+        private_files(self.path)
 
     def quarantine_items(self) -> list[tuple[int, bytes]]:
         """``(seq, encoded bytes)`` of every quarantined record, for inspection."""
@@ -375,6 +469,14 @@ class SpillStore:
                 except plyvel.Error as exc:  # pragma: no cover - disk failure
                     logger.error("spill store %s: interval sync failed: %s", self.path, exc)
 
+    def _closed_without_meta(self) -> None:
+        with self._read_lock, self._lock:
+            self._closed = True
+            self._db.close()
+            with open_lock:
+                if open_stores.get(self._key) is self:
+                    del open_stores[self._key]
+
     def close(self) -> None:
         """Close the store (idempotent); the meta is written (and synced) once more."""
         self._stop.set()
@@ -395,6 +497,7 @@ class SpillStore:
                 with open_lock:
                     if open_stores.get(self._key) is self:
                         del open_stores[self._key]
+        private_files(self.path)
 
     def destroy(self, *, force: bool = False) -> bool:
         """Close the store and delete its directory if it is empty; True if deleted.
@@ -402,11 +505,20 @@ class SpillStore:
         Emptiness is checked on the data (a seek), not the counters, so a
         racing append or a counter that is off can never make this lose a
         record: a store that still holds one is only closed, and a warning
-        logged (it will be adopted and drained later).  ``force`` deletes anyway.
+        logged (it will be adopted and drained later).  ``force`` deletes a
+        store that still holds records.
+
+        A store that is not :attr:`is_intact` (it had unreadable data) is
+        never deleted, ``force`` or not: it is closed and moved to
+        ``quarantine/`` (:func:`~.directory.quarantine_store`), and False returned.
         """
         if not self._closed and not force:
             with self._read_lock, self._lock:
-                left = first_key(self._db, self._state.acked) if not self._closed else None
+                try:
+                    left = first_key(self._db, self._state.acked) if not self._closed else None
+                except plyvel.Error as exc:
+                    left = None  # unreadable from the head on: quarantined below
+                    self._damage = str(read_error(self.path, exc))
             if left is not None:
                 logger.warning(
                     "spill store %s still holds records (from seq %d): closed, not deleted",
@@ -415,7 +527,11 @@ class SpillStore:
                 )
                 self.close()
                 return False
+        damage = self.damage
         self.close()
+        if damage is not None:
+            quarantine_store(self.path, damage)
+            return False
         shutil.rmtree(self.path, ignore_errors=True)
         return True
 

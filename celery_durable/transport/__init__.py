@@ -16,11 +16,27 @@ Connection String
 =================
 .. code-block::
 
-    durable+redis://[USER:PASSWORD@]REDIS_ADDRESS[:PORT][/VIRTUALHOST]
-    durable+rediss://...
+    durable+redis://[USER:PASSWORD@]REDIS_ADDRESS[:PORT][/DB]
+    durable+rediss://[USER:PASSWORD@]REDIS_ADDRESS[:PORT][/DB][?ssl_cert_reqs=...]
+    durable+redis://HOST_A[:PORT][/DB];durable+redis://HOST_B[:PORT][/DB]   (failover)
 
 or ``broker_transport = "celery_durable.transport:Transport"`` with a plain
-``redis://`` URL.
+``redis://`` URL.  Defaults: ``localhost``, port 6379, database 0.  The
+connection presents the inner broker: ``Connection.info()`` gives its host,
+port and database (as ``redis://`` does), ``transport_cls`` becomes the alias
+``durable+redis`` (``durable+rediss``), which ``clone()``, pools, pickling and
+failover resolve to the same class, and ``as_uri()`` keeps the ``durable+``
+scheme.  ``durable+rediss://`` verifies the server certificate unless
+``ssl_cert_reqs`` (URL or ``broker_use_ssl``) says otherwise.  A malformed URL
+(port outside 1-65535, a database that is not a number, an unsupported inner
+scheme), failover URLs included, is a
+:class:`~celery_durable.exceptions.ConfigError` naming ``broker_url``.
+
+Failover URLs: with more than one URL a durable connection refuses a broker
+that is down, so Kombu moves to the next one at once; when every URL is down
+it stays on the last one tried and publishes spill (and drain to that broker).
+A broker that dies under an established connection is an outage, not a
+failover: its publishes spill and drain to it when it is back.
 
 Transport Options
 =================
@@ -47,64 +63,158 @@ Every other key goes to the inner transport unchanged (``visibility_timeout``,
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from kombu.transport import base
 from kombu.transport import redis as kombu_redis
+from kombu.utils.imports import symbol_by_name
 
+from .. import TRANSPORTS
 from ..exceptions import ConfigError
-from .options import split_options
+from .url import PREFIX, check_url
 
-__all__ = ["Transport"]
+__all__ = [
+    "Transport",
+    "failover_next",
+    "failover_reached",
+    "failover_urls",
+    "transport_class",
+]
 
-_INNER = {"redis": "redis", "rediss": "redis"}
+#: Inner scheme of a connection that names no scheme (a bare host name).
+DEFAULT_SCHEME = "redis"
+
+
+def inner_scheme(client: Any) -> str:
+    """The inner broker scheme of a connection Kombu hands to the ``durable`` alias."""
+    hostname = (client.hostname or "") if client is not None else ""
+    if "://" in hostname:
+        return str(hostname.split("://", 1)[0]).lower()
+    transport = getattr(client, "transport_cls", None)
+    if isinstance(transport, str) and transport.startswith(f"{PREFIX}+"):
+        return transport[len(PREFIX) + 1 :]
+    # A pooled copy (kombu: Connection(**conn._info())) has parsed fields and
+    # the alias "durable"; its first URL still names the scheme
+    # (durable+sentinel:// would otherwise become durable+redis:// here).
+    for url in getattr(client, "alt", None) or ():
+        if isinstance(url, str) and url.startswith(f"{PREFIX}+") and "://" in url:
+            return str(url[len(PREFIX) + 1 :].split("://", 1)[0]).lower()
+        break
+    return DEFAULT_SCHEME
+
+
+def transport_class(scheme: str) -> type[Transport]:
+    """The durable transport class for inner ``scheme`` (``redis`` -> DurableRedisTransport)."""
+    try:
+        path = TRANSPORTS[scheme]
+    except KeyError:
+        supported = ", ".join(f"{PREFIX}+{s}://" for s in TRANSPORTS)
+        raise ConfigError(
+            f"durable transport: unsupported inner broker {scheme!r} in {scheme}://...; "
+            f"supported: {supported}"
+        ) from None
+    cls: type[Transport] = symbol_by_name(path)
+    return cls
 
 
 def _inner_url(client: Any) -> str:
-    hostname = client.hostname or "localhost"
-    if "://" in hostname:
-        return str(hostname)
-    port = client.port or kombu_redis.DEFAULT_PORT
-    vhost = client.virtual_host or "0"
-    auth = f":{client.password}@" if client.password else ""
-    return f"redis://{auth}{hostname}:{port}/{vhost.strip('/') or '0'}"
+    """The inner URL (the broker's identity) the transport derives from ``client``.
+
+    Reads the connection only: the CLI uses it to find a broker's stores
+    without building a transport.
+    """
+    failover_urls(client)  # the same checks as building the transport
+    return transport_class(inner_scheme(client)).address_of(client).url()
+
+
+#: Per kombu Connection with failover URLs: the inner URLs found down in this round.
+_FAILOVER_ROUND: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def failover_urls(client: Any) -> set[str]:
+    """The inner URLs of a connection's ``durable+`` failover URLs (each one checked).
+
+    A malformed or unsupported alternate is a ConfigError now, not a raw
+    error from Kombu's ``switch()`` in the middle of an outage.
+    """
+    from kombu import Connection
+
+    urls = set()
+    for alternate in getattr(client, "alt", None) or ():
+        if not isinstance(alternate, str) or "://" not in alternate:
+            continue
+        if not alternate.startswith(f"{PREFIX}+"):
+            check_url(alternate)  # someone else's transport: only a parse check
+            continue
+        one = Connection(alternate)  # no transport is built: Kombu only splits it
+        urls.add(transport_class(inner_scheme(one)).address_of(one).url())
+    return urls
+
+
+def failover_next(client: Any, url: str) -> bool:
+    """Whether a connection that found ``url`` down should fail over to its next URL.
+
+    A durable transport connects "successfully" to a dead broker (producers
+    spill), which would keep Kombu from ever trying the failover URLs.  With
+    failover URLs it refuses a dead broker instead, so Kombu's
+    ``ensure_connection`` moves on at once, until this round has tried every
+    URL: the last one is kept although it is down too (its channel works
+    offline, publishes spill and drain to it), so a full outage costs one
+    failed connect per URL and never Kombu's retry sleep.
+    """
+    urls = failover_urls(client) | {url}
+    if len(urls) < 2:
+        return False
+    tried = _FAILOVER_ROUND.setdefault(client, set())
+    # Back at a URL already tried: Kombu's switch() keeps the previous port or
+    # database when an alternate omits them, so a URL may not look as written.
+    if url in tried or urls <= tried | {url}:
+        tried.clear()
+        return False
+    tried.add(url)
+    return True
+
+
+def failover_reached(client: Any) -> None:
+    """A broker answered: the next outage starts a new failover round."""
+    _FAILOVER_ROUND.pop(client, None)
 
 
 class Transport(base.Transport):
-    """Entry point registered as the ``durable`` alias: picks the wrapper for the inner URL.
+    """The ``durable`` alias and the base class of every durable transport.
 
-    Kombu reads error classes from this class (``Connection.connection_errors``),
-    so they are the inner transports'; instances are the inner-specific
-    subclasses (``DurableRedisTransport``).
+    Kombu resolves ``durable+redis://...`` to the alias ``durable`` (it splits
+    the scheme at ``+``), and ``broker_transport =
+    "celery_durable.transport:Transport"`` names this class with a plain
+    ``redis://`` URL.  Instantiating it gives the subclass for the inner
+    scheme (``Transport(client)`` is a :class:`DurableRedisTransport`, as
+    ``pathlib.Path()`` is a ``PosixPath``); that transport then rewrites the
+    connection to name its own alias (``durable+redis``), which is what
+    ``Connection.transport_cls``, ``clone()``, ``switch()`` and pools resolve
+    from then on.
+
+    Kombu reads error classes from the class the alias names before any
+    instance exists (``Connection.connection_errors``), so they are the inner
+    transports' here.
     """
 
-    can_parse_url = True
+    can_parse_url = True  # keep the inner URL whole; the subclass parses it
     default_port = kombu_redis.DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "redis"
     driver_name = "redis"
     connection_errors = kombu_redis.Transport.connection_errors
     channel_errors = kombu_redis.Transport.channel_errors
 
-    def __new__(cls, client: Any, **kwargs: Any) -> Any:
-        url = _inner_url(client)
-        scheme = url.split("://", 1)[0]
-        # -- durable+sentinel:// (Redis Sentinel): everything is in .sentinel --
-        if scheme == "sentinel":
-            from .sentinel import DurableSentinelTransport
+    def __new__(cls, client: Any = None, **kwargs: Any) -> Any:
+        if cls is Transport:
+            cls = transport_class(inner_scheme(client))
+        return super().__new__(cls)
 
-            return DurableSentinelTransport(client, **kwargs)
-        # -- end durable+sentinel:// --
-        if _INNER.get(scheme) != "redis":
-            raise ConfigError(
-                f"durable transport: unsupported inner broker {scheme!r} in {scheme}://...; "
-                "supported: durable+redis://, durable+rediss://, durable+sentinel://"
-            )
-        options, inner_options = split_options(client.transport_options)
-        from .redis import DurableRedisTransport
-
-        return DurableRedisTransport(
-            client, inner_url=url, options=options, inner_options=inner_options, **kwargs
-        )
+    @classmethod
+    def address_of(cls, client: Any) -> Any:
+        """The inner broker's :class:`~celery_durable.transport.url.Address` for ``client``."""
+        raise NotImplementedError
 
 
 def _connect_celery_shutdown() -> None:

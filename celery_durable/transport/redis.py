@@ -15,27 +15,36 @@ own (we subclass, so the worker sees ``driver_type == "redis"`` and the same
   connection bound queues to it means redis lost its binding tables (a restart
   without persistence); the bindings are written again and the route retried,
   instead of Kombu's silent drop.
-* The inner URL is re-parsed (Kombu would connect ``durable+redis://h:p/db``
-  to localhost:6379/0), and the publishing socket gets ``publish_timeout`` as
-  its socket and connect timeouts so a frozen redis cannot hang a publish.
+* The transport rewrites its connection to the inner broker's address
+  (Kombu would connect ``durable+redis://h:p/db`` to localhost:6379/0 and
+  report the whole URL as the host name; see :mod:`.url`), and the publishing
+  socket gets ``publish_timeout`` as its socket and connect timeouts so a
+  frozen redis cannot hang a publish.
+* With failover URLs, connecting refuses a dead broker until every URL was
+  tried, so Kombu's ``ensure_connection`` can switch (see
+  :func:`~celery_durable.transport.failover_next`).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import ssl
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis as redis_py
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import queue_declare_ok_t
-from kombu.utils.url import _parse_url
 
+from ..exceptions import ConfigError
 from ..spill import SpillRecord
+from . import Transport, failover_next, failover_reached, failover_urls, transport_class
 from .forwarder import Forwarder
-from .options import DurableOptions
+from .options import split_options
 from .spiller import Spiller, get_spiller
+from .url import Address, inner_address, present
 
 __all__ = ["BROKER_DOWN", "DurableRedisChannel", "DurableRedisTransport", "GuardedRedisTransport"]
 
@@ -138,19 +147,9 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     # -- connection parameters -------------------------------------------------
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        # Host, port, db, credentials and TLS are Kombu's own: the transport
+        # rewrote the connection to the inner broker's address (url.present).
         params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
-        parts = _parse_url(self.connection.inner_url)
-        if parts.scheme in ("redis", "rediss"):
-            params["host"] = parts.hostname or "127.0.0.1"
-            params["port"] = parts.port or self.connection.default_port
-            if parts.path and parts.path.strip("/"):
-                params["db"] = int(parts.path.strip("/"))
-            if parts.username:
-                params["username"] = parts.username
-            if parts.password:
-                params["password"] = parts.password
-            if parts.scheme == "rediss" and "connection_class" not in params:
-                params["connection_class"] = self.connection_class_ssl
         if not asynchronous:
             # The synchronous pool publishes (LPUSH) and declares; bound it so a
             # frozen redis costs at most publish_timeout.  The async pool (BRPOP
@@ -311,8 +310,8 @@ class DurableRedisChannel(GuardedRedisChannel):
         self.offline = False
 
 
-class DurableRedisTransport(kombu_redis.Transport):
-    """The transport behind ``durable+redis://``."""
+class DurableRedisTransport(kombu_redis.Transport, Transport):
+    """The transport behind ``durable+redis://`` and ``durable+rediss://``."""
 
     Channel = DurableRedisChannel
 
@@ -332,14 +331,62 @@ class DurableRedisTransport(kombu_redis.Transport):
                 channel.require_broker()
         super().register_with_event_loop(connection, loop)
 
-    def __init__(self, client: Any, inner_url: str, options: DurableOptions,
-                 inner_options: dict[str, Any], **kwargs: Any) -> None:  # fmt: skip
-        self.inner_url = inner_url
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        address = self.address_of(client)
+        failover_urls(client)  # a bad failover URL fails now, not mid-outage
+        options, inner_options = split_options(client.transport_options or {})
+        present(client, address)
+        self.address = address
+        self.inner_url = address.url()
         self.options = options
         self._inner_options = inner_options
-        self._spiller_key = ("redis", inner_url, options)
+        self._spiller_key = ("redis", self.inner_url, options)
         super().__init__(client, **kwargs)
         self.spiller  # noqa: B018 - adopt dead stores and start draining now, not on first publish
+
+    @classmethod
+    def address_of(cls, client: Any) -> Address:
+        address = inner_address(client, "redis", kombu_redis.DEFAULT_PORT, "0")
+        if address.scheme not in ("redis", "rediss"):
+            transport_class(address.scheme)  # ConfigError naming the supported ones
+            raise ConfigError(f"durable+redis: cannot connect to {address.scheme}:// URLs")
+        vhost = address.virtual_host.strip("/") or "0"
+        if not vhost.isdigit():
+            raise ConfigError(
+                f"broker_url {address.as_uri()!r} is invalid: the redis database "
+                f"must be a number >= 0, got {address.virtual_host!r}"
+            )
+        tls = address.ssl
+        if address.scheme == "rediss" and not tls:
+            # Kombu's rediss:// falls back to CERT_NONE (with a warning); we keep
+            # redis-py's default and verify the certificate unless told otherwise.
+            tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        # rediss is redis with TLS: one name per broker, whichever way the TLS
+        # options came (URL, broker_use_ssl, or a clone that carries only them).
+        scheme = "rediss" if tls else "redis"
+        return replace(address, scheme=scheme, virtual_host=str(int(vhost)), ssl=tls)
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        return self.address.as_uri(include_password, mask)
+
+    def establish_connection(self) -> Any:
+        connection = super().establish_connection()
+        channel = self._avail_channels[-1]
+        if not getattr(channel, "offline", False):
+            failover_reached(self.client)
+        elif failover_next(self.client, self.inner_url):
+            # Failover URLs: let Kombu switch to the next one (ensure_connection
+            # does, on a connection error).  Once every URL was found down this
+            # round, stay and spill (the channel works offline).
+            self._avail_channels.remove(channel)
+            try:
+                channel.close()
+            except Exception:  # a dead broker may fail the close
+                logger.debug("closing an offline channel", exc_info=True)
+            raise redis_py.exceptions.ConnectionError(
+                f"celery-durable: {self.address.as_uri()} is down; trying the next failover URL"
+            )
+        return connection
 
     @property
     def spiller(self) -> Spiller:

@@ -51,6 +51,7 @@ from .forwarder import Forwarder
 from .options import split_options
 from .redis import BROKER_DOWN, DurableRedisChannel, DurableRedisTransport, GuardedRedisChannel
 from .spiller import Spiller
+from .url import Address
 
 __all__ = [
     "DurableSentinelChannel",
@@ -292,20 +293,21 @@ class DurableSentinelTransport(DurableRedisTransport, kombu_redis.SentinelTransp
     can_parse_url = True  # Connection.as_uri() asks as_uri() below: every Sentinel
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
-        options, inner_options = split_options(client.transport_options or {})
+        inner_options = split_options(client.transport_options or {})[1]
         self.sentinel_broker = sentinel_broker(client, inner_options)
         # Every connection asks all Sentinels: cycling Kombu's failover URLs
         # would only switch this transport for Kombu's plain one.
         client.cycle = None
-        for key in ("inner_url", "options", "inner_options"):
-            kwargs.pop(key, None)
-        super().__init__(
-            client,
-            inner_url=self.sentinel_broker.url,
-            options=options,
-            inner_options=inner_options,
-            **kwargs,
-        )
+        super().__init__(client, **kwargs)
+        self.inner_url = self.sentinel_broker.url  # every Sentinel (address_of: the first)
+
+    @classmethod
+    def address_of(cls, client: Any) -> Address:
+        # failover_urls() calls this for each durable+ URL alone, without options.
+        options = {"master_name": "-", **(client.transport_options or {})}
+        broker = sentinel_broker(client, split_options(options)[1])
+        host, port = broker.sentinels[0]
+        return Address(SCHEME, host, port, broker.username, broker.password, str(broker.db))
 
     def establish_connection(self) -> Any:
         # A Sentinel set is one broker: never a round over "failover URLs".

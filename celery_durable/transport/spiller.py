@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import metrics
 from ..exceptions import SpillError, SpillFull
+from ..files import private_dir
 from ..spill import SpillRecord, SpillStore, StoreLocked, find_orphans, new_store_path
 from .breaker import Breaker
 from .forwarder import Forwarder
@@ -100,7 +101,8 @@ class Spiller:
         self._next_orphan_scan = 0.0
         self.disk_mode = self.mode == "wal"
 
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        # 0700 (payloads), ConfigError naming spill_dir / SpillError with the OS reason.
+        private_dir(self.spill_dir, setting="spill_dir", error=SpillError, tighten=True)
         if self.mode == "wal":
             self._open_store()
         self._adopt_orphans()

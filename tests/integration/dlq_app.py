@@ -3,6 +3,10 @@
 Configured from the environment so every test can start a worker with its own
 broker, dump store and flush settings: ``DLQ_BROKER``, ``DLQ_BACKEND``, ``DLQ_URL``,
 ``DLQ_ALL_TASKS``, ``DLQ_FLUSH_INTERVAL``, ``DLQ_CAPACITY``, ``DLQ_METRICS_PORT``.
+
+``DLQ_WITNESS=path``: a ``task_failure`` handler connected *after* capture's
+appends each failed ``dlq.fail`` task id to ``path``, so a test knows which
+failures had their capture handler return before a SIGKILL.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import signal
 import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import Ignore, Reject
 
 from celery_durable import dead_letter
@@ -38,6 +42,21 @@ def make_app(broker: str, backend: str | None = None) -> Celery:
 app = make_app(
     os.environ.get("DLQ_BROKER", "redis://127.0.0.1:6379/0"), os.environ.get("DLQ_BACKEND")
 )
+
+
+def _witness(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    if getattr(sender, "name", None) == "dlq.fail":
+        fd = os.open(os.environ["DLQ_WITNESS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{task_id}\n".encode())
+        finally:
+            os.close(fd)
+
+
+if os.environ.get("DLQ_WITNESS"):
+    import celery_durable.dlq.capture  # noqa: F401 - capture's handler first
+
+    signals.task_failure.connect(_witness, weak=False)
 
 
 @dead_letter

@@ -9,6 +9,7 @@ import pytest
 from celery import chain
 
 from celery_durable.dlq import open_store
+from tests.helpers.processes import celery
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.wait import wait_for
 from tests.integration.dlq_app import make_app
@@ -38,8 +39,8 @@ def test_final_failures_only_prefork(tmp_path: Path, redis_server: RedisServer) 
         negatives = [
             client.send_task("dlq.excluded", args=("value",)),
             client.send_task("dlq.plain", args=(1,)),
-            client.send_task("dlq.reject"),
         ]
+        rejected = client.send_task("dlq.reject")
         ignored = client.send_task("dlq.ignore")
         caught = client.send_task("dlq.excluded", args=("key",))
         chained = chain(
@@ -57,6 +58,15 @@ def test_final_failures_only_prefork(tmp_path: Path, redis_server: RedisServer) 
             message=lambda: f"dumps of {wanted}; log:\n{worker.output()[-4000:]}",
         )
         wait_for(lambda: all(r.state == "FAILURE" for r in negatives), timeout=30)
+        # Celery 5.7 records a Reject(requeue=False) as FAILURE (#4222), 5.4 does not:
+        # wait for the worker's log line about it instead.
+        wait_for(
+            lambda: any(
+                f"[{rejected.id}]" in line and "received" not in line
+                for line in worker.output().splitlines()
+            ),
+            timeout=30,
+        )
         wait_for(lambda: f"{ignored.id}] ignored" in worker.output(), timeout=30)
     finally:
         assert worker.terminate(timeout=60) == 0, worker.output()[-3000:]
@@ -153,7 +163,8 @@ def test_hard_time_limit_and_lost_process_prefork(
         )
         wait_for(lambda: f"{fine.id}] succeeded" in worker.output(), timeout=30)
         # Revoked (terminated while running, or discarded before): never a final failure.
-        victim = client.send_task("dlq.sleepy", args=(30,))
+        # Its own time limit: the revoke must win even on a loaded machine.
+        victim = client.send_task("dlq.sleepy", args=(30,), time_limit=120)
         wait_for(lambda: f"{victim.id}] received" in worker.output(), timeout=30)
         client.control.revoke(victim.id, terminate=True)
         wait_for(
@@ -169,6 +180,9 @@ def test_hard_time_limit_and_lost_process_prefork(
         assert worker.terminate(timeout=60) == 0
     dumps = dumps_by_task_id(url)
     assert set(dumps) == {slow.id, died.id}, worker.log.read_text()[-3000:]
+    # Celery 5.7 reports a hard time limit twice (on_failure, then on_timeout).
+    assert len(dumps[slow.id]) == len(dumps[died.id]) == 1
+    assert "dump is partial" not in worker.log.read_text()
     timed_out = dumps[slow.id][0]
     assert timed_out.task_name == "dlq.sleepy"
     assert timed_out.exc_type.endswith(".TimeLimitExceeded")
@@ -182,6 +196,42 @@ def test_hard_time_limit_and_lost_process_prefork(
     assert lost.task_name == "dlq.die"
     assert lost.exc_type == "billiard.exceptions.WorkerLostError"
     assert lost.headers["id"] == died.id
+
+
+def test_all_tasks_time_limit_and_lost_process_with_a_users_request_class(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """durable_dlq_all_tasks alone sets the Request class, composed with the task's own."""
+    url = (tmp_path / "dlq").as_uri()
+    client = make_app(redis_server.url)
+    worker = start_worker(
+        tmp_path, redis_server.url, url, app="tests.integration.dlq_plain_app", concurrency=2
+    )
+    try:
+        slow = client.send_task("dlq.plain_sleepy", args=(60,), headers={"x-trace": "slow"})
+        died = client.send_task("dlq.plain_die")
+        wait_for(
+            lambda: {slow.id, died.id} <= set(dumps_by_task_id(url)),
+            timeout=60,
+            message=lambda: worker.output()[-4000:],
+        )
+    finally:
+        assert worker.terminate(timeout=60) == 0
+    log = worker.log.read_text()
+    dumps = dumps_by_task_id(url)
+    assert set(dumps) == {slow.id, died.id}, log[-3000:]
+    assert len(dumps[slow.id]) == len(dumps[died.id]) == 1
+    assert f"audited timeout of {slow.id}" in log  # the user's Request subclass still runs
+    assert "dump is partial" not in log
+    timed_out = dumps[slow.id][0]
+    assert timed_out.task_name == "dlq.plain_sleepy" and timed_out.args == [60]
+    assert timed_out.exc_type.endswith(".TimeLimitExceeded")
+    assert timed_out.headers["id"] == slow.id and timed_out.headers["x-trace"] == "slow"
+    assert timed_out.delivery_info["routing_key"] == "dlq"
+    lost = dumps[died.id][0]
+    assert lost.task_name == "dlq.plain_die"
+    assert lost.exc_type == "billiard.exceptions.WorkerLostError"
+    assert lost.headers["id"] == died.id and lost.properties["correlation_id"] == died.id
 
 
 def test_prefork_2000_failures_exactly_once(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -227,3 +277,21 @@ def test_buffer_flushed_on_warm_shutdown(
     finally:
         assert worker.terminate(timeout=60) == 0
     assert {e.task_id for e in store.entries()} == set(ids)
+
+
+def test_unknown_dlq_url_scheme_stops_the_worker_with_one_line(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Before: the worker started and failed at the first task failure (a traceback)."""
+    proc = celery(
+        "-A", "tests.integration.dlq_app", "worker", "-P", "solo", "--loglevel=INFO",
+        log=tmp_path / "worker.log",
+        env={"DLQ_BROKER": redis_server.url, "DLQ_URL": "nope://somewhere/dlq"},
+    )  # fmt: skip
+    assert proc.wait(timeout=90) != 0
+    out = proc.output()
+    assert "ready." not in out and "Traceback" not in out, out[-3000:]
+    assert [line for line in out.splitlines() if "nope" in line] == [
+        "celery-durable: configuration error: durable_dlq_url 'nope://somewhere/dlq': "
+        "unknown scheme 'nope'; registered: file, redis, rediss, unix"
+    ], out[-3000:]

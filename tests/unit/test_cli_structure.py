@@ -33,11 +33,13 @@ def test_command_names_are_the_design_ones() -> None:
         "durable dlq purge",
         "durable dlq restore",
         "durable dlq show",
+        "durable dlq unpark",
         "durable spill",
         "durable spill check",
         "durable spill drain",
         "durable spill ls",
         "durable status",
+        "durable web",
     ]
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
 from celery_durable.dlq import open_store
+from celery_durable.dlq.base import EncodedDump
 from celery_durable.dlq.dumpqueue import DumpQueue
-from tests.helpers.redis_server import free_port
+from celery_durable.dlq.stores.filestore import FileStore
+from celery_durable.exceptions import DumpError
 from tests.helpers.wait import wait_for
 from tests.integration.dlq_writer import entry
 
@@ -30,8 +33,9 @@ def test_flush_after_interval(tmp_path: Path) -> None:
     assert store.count() == 0  # buffered, not yet due
     wait_for(lambda: store.count() == 2, timeout=20)
     assert time.monotonic() - started >= 0.9
-    assert sample("celery_durable_dump_flushes_total") == flushes + 1
-    assert len(queue) == 0
+    # Counted just after the store write that the condition above saw.
+    wait_for(lambda: sample("celery_durable_dump_flushes_total") == flushes + 1, timeout=20)
+    wait_for(lambda: len(queue) == 0, timeout=20)  # the segment is deleted after the write
 
 
 def test_flush_at_capacity(tmp_path: Path) -> None:
@@ -45,14 +49,52 @@ def test_flush_at_capacity(tmp_path: Path) -> None:
     assert queue.close() and store.count() == 3
 
 
-def test_memory_bound_drops_oldest_into_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    store = open_store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
-    queue = DumpQueue(store, capacity_bytes=1 << 20, flush_interval=3600, max_pending_bytes=3000)
+class FlakyStore(FileStore):
+    """A file store that refuses writes while ``down``."""
+
+    down = True
+
+    def write_encoded(self, dumps: Sequence[EncodedDump]) -> list[str]:
+        if self.down:
+            raise DumpError("store is down")
+        return super().write_encoded(dumps)
+
+
+def test_a_failed_final_flush_leaves_the_dumps_on_disk_for_the_next_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before the write-ahead log, these dumps were only in memory (and then in the log)."""
+    store = FlakyStore((tmp_path / "dlq").as_uri())
+    wal = tmp_path / "wal"
+    queue = DumpQueue(store, flush_interval=3600, wal_directory=wal)
+    for i in range(5):
+        queue.put(entry(f"m{i}", 1000))
+    assert len(list(wal.glob("*.wal"))) == 1  # on disk before put() returned
+    with caplog.at_level(logging.ERROR, logger="celery_durable.dlq.dumpqueue"):
+        assert not queue.close(timeout=5)
+    assert "5 dumps could not be written" in caplog.text
+    assert "DROPPED DUMP" not in caplog.text
+    store.down = False
+    later = DumpQueue(store, wal_directory=wal)
+    assert later.adopt() == 1
+    assert later.flush()
+    assert sorted(e.task_id for e in store.entries()) == [f"m{i}" for i in range(5)]
+    assert not list(wal.glob("*.wal")) and not list(wal.glob("*.lock"))
+    assert later.close()
+
+
+def test_wal_bound_logs_what_it_cannot_take(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store((tmp_path / "dlq").as_uri())
+    queue = DumpQueue(
+        store, flush_interval=3600, wal_directory=tmp_path / "wal", wal_max_bytes=3000
+    )
     with caplog.at_level(logging.ERROR, logger="celery_durable.dlq.dumpqueue"):
         for i in range(5):
             queue.put(entry(f"m{i}", 1000))
-        assert queue.pending_bytes <= 3000
-        assert "DROPPED DUMP" in caplog.text and '"task_id": "m0"' in caplog.text
-        assert not queue.close(timeout=5)  # the final flush fails: the rest is logged too
-    assert all(f'"task_id": "m{i}"' in caplog.text for i in range(5))
-    assert len(queue) == 0
+    assert len(queue) == 2
+    assert "DROPPED DUMP" in caplog.text and '"task_id": "m4"' in caplog.text
+    assert '"task_id": "m0"' not in caplog.text
+    assert queue.close()
+    assert sorted(e.task_id for e in store.entries()) == ["m0", "m1"]

@@ -32,7 +32,7 @@ def test_ls_lists_stores_with_owner_liveness_and_backlog(tmp_path: Path) -> None
     assert code == 0, out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
     assert out.splitlines()[0].split() == [
-        "STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED", "OLDEST"
+        "STORE", "HOST", "PID", "ALIVE", "RECORDS", "BYTES", "QUARANTINED", "OLDEST", "LOST"
     ]  # fmt: skip
     assert rows[dead.name][3:5] == ["no", "3"]
     assert rows[mine.path.name][3:5] == ["yes", "0"]

@@ -9,7 +9,17 @@ import os
 import socket
 from pathlib import Path
 
-from celery_durable.spill import SpillRecord, SpillStore, find_orphans, list_stores, new_store_path
+import pytest
+
+from celery_durable.spill import (
+    QUARANTINE,
+    SpillRecord,
+    SpillStore,
+    StoreDamaged,
+    find_orphans,
+    list_stores,
+    new_store_path,
+)
 from celery_durable.spill.directory import parse_name
 
 
@@ -63,3 +73,41 @@ def test_list_stores_shows_owner_liveness_and_backlog(tmp_path: Path) -> None:
         other = infos[closed]
         assert not other.alive and other.records == 3 and other.bytes == closed_bytes
         assert other.hostname == socket.gethostname() and other.error is None
+
+
+def _without_current(spill_dir: Path, n: int = 5) -> Path:
+    path = new_store_path(spill_dir)
+    with SpillStore(path) as store:
+        store.extend([SpillRecord(body=b"%d" % i, exchange="", routing_key="q") for i in range(n)])
+        store.compact()
+    (path / "CURRENT").unlink()
+    return path
+
+
+def test_a_store_without_current_is_listed_and_quarantined_by_adoption(tmp_path: Path) -> None:
+    """Issue 10.3: such a store was invisible to ls, check, drain and adoption."""
+    path = _without_current(tmp_path)
+    tables = sorted(p.name for p in path.glob("*.ldb"))
+    (info,) = list_stores(tmp_path)
+    assert info.path == path and info.damaged and "CURRENT file is missing" in (info.error or "")
+    assert path.exists()  # listing moves nothing
+    assert find_orphans(tmp_path) == []
+    moved = tmp_path / QUARANTINE / path.name
+    assert not path.exists() and sorted(p.name for p in moved.glob("*.ldb")) == tables
+    assert "CURRENT file is missing" in (moved / "QUARANTINED").read_text()
+    (info,) = list_stores(tmp_path)
+    assert info.path == moved and info.quarantine and info.damaged
+
+
+def test_opening_a_store_without_current_never_replaces_its_data(tmp_path: Path) -> None:
+    path = _without_current(tmp_path)
+    tables = sorted(p.name for p in path.glob("*.ldb"))
+    with pytest.raises(StoreDamaged, match="CURRENT file is missing"):
+        SpillStore(path)
+    assert sorted(p.name for p in path.glob("*.ldb")) == tables  # LevelDB would delete them
+    assert not (path / "CURRENT").exists()
+
+
+def test_an_empty_directory_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "being-created").mkdir()  # its creator may be about to take the lock
+    assert list_stores(tmp_path) == [] and find_orphans(tmp_path) == []

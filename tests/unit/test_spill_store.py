@@ -9,9 +9,18 @@ import plyvel
 import pytest
 
 from celery_durable import metrics
-from celery_durable.exceptions import SpillError, SpillFull
+from celery_durable.exceptions import ConfigError, SpillError, SpillFull, StoreDamaged
 from celery_durable.spill import SpillRecord, SpillStore, StoreLocked, check, encode
-from celery_durable.spill.layout import KEY, META, META_KEY, REC, find_key
+from celery_durable.spill.layout import (
+    KEY,
+    META,
+    META_KEY,
+    META_V1,
+    REC,
+    REC_END,
+    find_key,
+    rkey,
+)
 from tests.helpers.wait import wait_for
 
 
@@ -140,11 +149,14 @@ def test_second_open_in_the_same_process_is_store_locked(path: Path) -> None:
     SpillStore(path).close()  # free again once closed
 
 
-def test_open_failure_is_spill_error_naming_the_path(tmp_path: Path) -> None:
+def test_a_path_under_a_regular_file_is_a_config_error_naming_spill_dir(tmp_path: Path) -> None:
+    """Issue 10.6: was a raw NotADirectoryError (wrapped only as SpillError)."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(SpillError, match=str(blocker)):
-        SpillStore(blocker / "store")
+    for where in (blocker, blocker / "store", blocker / "deeper" / "store"):
+        with pytest.raises(ConfigError, match=f"spill_dir=.*{blocker} is not a directory"):
+            SpillStore(where)
+    assert blocker.read_text() == "not a directory"
 
 
 def test_closed_store_refuses_and_close_is_idempotent(path: Path) -> None:
@@ -236,19 +248,47 @@ def test_version_mismatch_is_quarantined_not_deleted(path: Path) -> None:
         assert store.quarantine_items()[0][1][0] == 99
 
 
-def test_counters_that_claim_missing_records_heal_on_peek(path: Path) -> None:
+def test_counters_that_claim_missing_records_count_them_lost_and_quarantine(
+    path: Path,
+) -> None:
+    """Issue 10.3: such records were "healed" away silently and the store deleted."""
     with SpillStore(path) as store:
         store.extend([rec(0), rec(1)])
     db = plyvel.DB(str(path))
-    next_seq, acked, appended, removed, removed_bytes, quar = META.unpack(db.get(META_KEY))
-    db.put(META_KEY, META.pack(next_seq + 5, acked, appended + 500, removed, removed_bytes, quar))
+    next_seq, acked, appended, removed, removed_bytes, quar, lost = META.unpack(db.get(META_KEY))
+    db.put(
+        META_KEY,
+        META.pack(next_seq + 5, acked, appended + 500, removed, removed_bytes, quar, lost),
+    )
     db.close()
+    before = metrics.RECORDS_LOST._value.get()
     with SpillStore(path) as store:
-        assert len(store) == 7
+        assert len(store) == 7 and store.is_intact
         assert ids(store.peek(10)) == [0, 1]
         store.ack(2)
         assert store.peek(10) == []
         assert len(store) == 0 and store.backlog_bytes == 0
+        assert store.lost == 5 and not store.is_intact
+        assert "5 spilled records lost" in (store.damage or "")
+    assert metrics.RECORDS_LOST._value.get() == before + 5
+    with SpillStore(path) as store:
+        assert store.lost == 5 and not store.is_intact  # persistent
+        assert store.destroy() is False
+    assert not path.exists()
+    moved = path.parent / "quarantine" / path.name
+    assert moved.is_dir() and (moved / "CURRENT").exists()
+    assert "5 spilled records lost" in (moved / "QUARANTINED").read_text()
+
+
+def test_old_48_byte_meta_still_reads(path: Path) -> None:
+    with SpillStore(path) as store:
+        store.extend([rec(0), rec(1), rec(2)])
+        store.ack(1)
+    db = plyvel.DB(str(path))
+    db.put(META_KEY, db.get(META_KEY)[: META_V1.size])
+    db.close()
+    with SpillStore(path) as store:
+        assert len(store) == 2 and store.lost == 0 and ids(store.peek(10)) == [1, 2]
 
 
 def test_ack_cursor_persists_so_reads_seek_past_acked_keys(path: Path) -> None:
@@ -405,3 +445,31 @@ def test_damaged_meta_is_rebuilt_from_the_keys(path: Path) -> None:
         assert len(store) == 3 and store.backlog_bytes == expected
         assert ids(store.peek(10)) == [0, 1, 2]
         assert store.append(rec(3)) == 4
+
+
+def test_unreadable_table_mid_backlog_hands_out_what_precedes_then_store_damaged(
+    path: Path,
+) -> None:
+    """The drainer gets every readable record before the damage, then a clear error;
+    the store is then not intact, so destroy() quarantines instead of deleting."""
+    with SpillStore(path) as store:
+        for lo in (0, 300, 600):
+            store.extend([rec(i, size=300) for i in range(lo, lo + 300)])
+            store._db.compact_range(start=rkey(lo + 1), stop=REC_END)  # one table each
+    tables = sorted(path.glob("*.ldb"), key=lambda p: int(p.stem))
+    assert len(tables) == 3, tables
+    with open(tables[1], "r+b") as fh:
+        fh.truncate(tables[1].stat().st_size // 2)
+    with SpillStore(path) as store:
+        assert store.is_intact and len(store) == 900
+        got = []
+        with pytest.raises(StoreDamaged, match=f"{tables[1].name}.*check --repair"):
+            while items := store.peek(128):
+                got.extend(items)
+                store.ack(items[-1][0])
+        assert ids(got) == list(range(300))
+        assert not store.is_intact and "read failed" in (store.damage or "")
+        assert store.destroy() is False
+    moved = path.parent / "quarantine" / path.name
+    assert not path.exists()
+    assert {p.name for p in tables} <= {p.name for p in moved.glob("*.ldb")}

@@ -45,25 +45,30 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import socket
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kombu.exceptions import ContentDisallowed
 
 from ... import metrics
 from ...exceptions import ConfigError, CorruptRecord, DumpError
-from ..base import DumpEntry, DumpStore, QuarantinedDump
+from ..base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump
 from ..codec import Codec, crc32
+from ..retention import Retention
+from ..summary import DumpSummary, summarize
 
 __all__ = ["FileStore"]
 
@@ -78,6 +83,7 @@ SUFFIX = ".seg"
 
 _counter = itertools.count()
 _SAFE = re.compile(r"[^A-Za-z0-9_]+")  # no dots: the stem ends at the first dot
+_SAFE_STEM = re.compile(r"[A-Za-z0-9_-]+")  # what a segment stem can be (no "/", no "..")
 
 
 def _path_from_url(url: str) -> Path:
@@ -171,22 +177,14 @@ class FileStore(DumpStore):
             raise DumpError(f"cannot create dump store {self.root}: {exc}") from exc
 
     # -- writing ---------------------------------------------------------------
-    def encode(self, entry: DumpEntry) -> bytes:
-        if not entry.host:
-            entry.host = self.host
-        return self.codec.encode(entry)
-
-    def write(self, entries: list[DumpEntry]) -> None:
-        self.write_encoded([(e, self.encode(e)) for e in entries])
-
-    def write_encoded(self, items: list[tuple[DumpEntry, bytes]]) -> None:
-        if not items:
-            return
+    def write_encoded(self, dumps: Sequence[EncodedDump]) -> list[str]:
+        if not dumps:
+            return []
         pid = os.getpid()
         stem = f"{time.time_ns():020d}-{_SAFE.sub('_', self.host)}-{pid}-{next(_counter):08d}"
-        meta = {"host": self.host, "pid": pid, "count": len(items), "created": time.time()}
+        meta = {"host": self.host, "pid": pid, "count": len(dumps), "created": time.time()}
         chunks = [encode_header(self.version, meta)]
-        chunks.extend(encode_record(payload) for _, payload in items)
+        chunks.extend(encode_record(dump.payload) for dump in dumps)
         tmp = self.tmp_dir / f"{stem}.tmp"
         final = self.segments_dir / f"{stem}{SUFFIX}"
         try:
@@ -204,8 +202,7 @@ class FileStore(DumpStore):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise DumpError(f"cannot write dump segment {final}: {exc}") from exc
-        for index, (entry, _) in enumerate(items):
-            entry.entry_id = f"{stem}:{index:06d}"
+        return [f"{stem}:{index:06d}" for index in range(len(dumps))]
 
     @staticmethod
     def _fsync_dir(path: Path) -> None:
@@ -341,6 +338,133 @@ class FileStore(DumpStore):
             found.append(QuarantinedDump(str(self.quarantine_dir / name), reason))
         return found
 
+    # -- listing (dlq/summary.py: the console) -----------------------------------
+    # Segments never change once renamed into segments/, so a segment's summaries
+    # are made once per process and kept; a call lists the directories, reads the
+    # tombstones and only the segments it has not seen.  When no directory changed
+    # since the last call (mtimes older than the call, so no change can hide in
+    # the timestamp granularity) not even that.
+    def summaries(self) -> tuple[list[DumpSummary], list[QuarantinedDump]]:
+        """Live dumps oldest first as summaries, and what could not be read."""
+        key = tuple(self._mtime(d) for d in (self.segments_dir, self.deleted_dir))
+        key += (self._mtime(self.quarantine_dir),)
+        last = self.__dict__.get("_summary_last")
+        if last is not None and last[0] == key and max(key) < last[1] - 1.0:
+            return last[2]
+        started = time.time()
+        cache: dict[str, tuple[list[tuple[int, DumpSummary]], list[QuarantinedDump]]]
+        cache = self.__dict__.setdefault("_summary_cache", {})
+        deleted = self._tombstones()
+        names = [n for n in self._listdir(self.segments_dir) if n.endswith(SUFFIX)]
+        live: list[DumpSummary] = []
+        bad: list[QuarantinedDump] = []
+        done = 0
+        if (
+            last is not None
+            and last[0][2] == key[2]
+            and last[4] == deleted
+            and len(names) > len(last[3])
+            and names[: len(last[3])] == last[3]
+        ):
+            # Only new segments (they sort last: names start with the write time),
+            # no new tombstone, nothing quarantined: read just the new segments.
+            done = len(last[3])
+            live, bad = list(last[2][0]), list(last[2][1])
+        for name in names[done:]:
+            stem = name[: -len(SUFFIX)]
+            found = cache.get(stem)
+            if found is None:
+                found = self._summarize(self.segments_dir / name)
+                if found is None:
+                    continue
+                cache[stem] = found
+            rows, damaged = found
+            gone = deleted.get(stem)
+            live.extend(s for i, s in rows if not gone or i not in gone)
+            bad.extend(damaged)
+        if not done:
+            if len(cache) > len(names):
+                present = {n[: -len(SUFFIX)] for n in names}
+                for stem in [s for s in cache if s not in present]:
+                    del cache[stem]
+            for name in self._listdir(self.quarantine_dir):
+                if not name.endswith(".why"):
+                    bad.append(QuarantinedDump(str(self.quarantine_dir / name), "quarantined"))
+        result = (live, bad)
+        self.__dict__["_summary_last"] = (key, started, result, names, deleted)
+        return result
+
+    @staticmethod
+    def _mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def _summarize(
+        self, path: Path
+    ) -> tuple[list[tuple[int, DumpSummary]], list[QuarantinedDump]] | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DumpError(f"cannot read dump segment {path}: {exc}") from exc
+        try:
+            seg = _Segment(path, data)
+        except (CorruptRecord, struct.error, ValueError) as exc:
+            self._quarantine(path, f"unreadable segment header: {exc}")
+            return None
+        if seg.version != self.version:
+            why = f"format version {seg.version}, this store reads {self.version}"
+            return [], [QuarantinedDump(str(path), why, seg.version)]
+        entries, bad = self._decoded(seg, set())
+        rows = [(int(e.entry_id.rpartition(":")[2]), summarize(e)) for e in entries]
+        return rows, bad
+
+    def fetch(self, entry_ids: Iterable[str]) -> list[DumpEntry]:
+        """The live dumps with these ids, oldest first; reads only their segments."""
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for entry_id in entry_ids:
+            stem, _, index = entry_id.rpartition(":")
+            if stem and index.isdigit() and _SAFE_STEM.fullmatch(stem):
+                wanted[stem].add(int(index))
+        if not wanted:
+            return []
+        deleted = self._tombstones()
+        found: list[DumpEntry] = []
+        for stem in sorted(wanted):
+            path = self.segments_dir / f"{stem}{SUFFIX}"
+            try:
+                seg = _Segment(path, path.read_bytes())
+            except FileNotFoundError:
+                continue
+            except (CorruptRecord, struct.error, ValueError, OSError):
+                continue
+            if seg.version != self.version:
+                continue
+            entries, _ = self._decoded(seg, deleted.get(stem, set()))
+            found.extend(e for e in entries if int(e.entry_id.rpartition(":")[2]) in wanted[stem])
+        return found
+
+    # -- notes: small JSON documents about the store (the last restore run) ----
+    def put_note(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.tmp_dir / f"note.{os.getpid()}.{next(_counter)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh)
+            os.rename(tmp, self.root / f"{_SAFE.sub('_', name)}.note.json")
+        except OSError as exc:
+            raise DumpError(f"cannot write note {name} in {self.root}: {exc}") from exc
+
+    def get_note(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.root / f"{_SAFE.sub('_', name)}.note.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     # -- deleting --------------------------------------------------------------
     def delete(self, entry_ids: Iterable[str]) -> int:
         wanted: dict[str, set[int]] = defaultdict(set)
@@ -418,3 +542,189 @@ class FileStore(DumpStore):
                 if exc.errno != errno.ENOENT:
                     raise
         return removed
+
+    # -- retention (dlq/retention.py) ------------------------------------------
+    # Works on segment headers only (no record is decoded): a segment's time is
+    # the time in its name (when it was written, within durable_dlq_flush_interval
+    # of the failures it holds), its live records are ``count`` minus its
+    # tombstones, and a record's size is the segment's file size / ``count``.
+    def _heads(self, names: list[str]) -> list[tuple[str, int, int, float]]:
+        """``(stem, file size, record count, time)`` of our version's segments among
+        ``names``, in their order."""
+        cache: dict[str, tuple[int, int, float]] = self.__dict__.setdefault("_head_cache", {})
+        heads: list[tuple[str, int, int, float]] = []
+        for name in names:
+            stem = name[: -len(SUFFIX)]
+            head = cache.get(stem)
+            if head is None:
+                found = self._read_head(self.segments_dir / name)
+                if found is None:
+                    continue
+                head = cache[stem] = (*found, self._stem_time(stem))
+            if head[1] > 0:
+                heads.append((stem, *head))
+        return heads
+
+    def _forget_heads(self, names: list[str]) -> None:
+        cache: dict[str, tuple[int, int, float]] = self.__dict__.setdefault("_head_cache", {})
+        if len(cache) > len(names):
+            present = {n[: -len(SUFFIX)] for n in names}
+            for stem in [s for s in cache if s not in present]:
+                del cache[stem]
+
+    def _within_bounds(
+        self, names: list[str], deleted: dict[str, set[int]], retention: Retention, now: float
+    ) -> bool:
+        """True when only new segments came since the last pass found the store within
+        its bounds, and with them it still is: then nothing needs reading but their
+        headers.  (The common case after a flush; keeps it O(new segments) in Python.)"""
+        state = self.__dict__.get("_retention_state")
+        if state is None or state[1] != deleted:
+            return False
+        old_names, _, entries, nbytes, oldest = state
+        if len(names) < len(old_names) or names[: len(old_names)] != old_names:
+            return False
+        for _, size, count, written in self._heads(names[len(old_names) :]):
+            entries += count
+            nbytes += size
+            oldest = min(oldest, written)
+        if (
+            (retention.max_age is not None and oldest < now - retention.max_age)
+            or (retention.max_entries is not None and entries > retention.max_entries)
+            or (retention.max_bytes is not None and nbytes > retention.max_bytes)
+        ):
+            return False
+        self.__dict__["_retention_state"] = (names, deleted, entries, nbytes, oldest)
+        return True
+
+    def _read_head(self, path: Path) -> tuple[int, int] | None:
+        """``(size, count)``; count -1 for a segment not ours to touch; None if it vanished."""
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                head = fh.read(4096)
+            magic, version, meta_len = HEAD.unpack_from(head, 0)
+            if magic != MAGIC or version != self.version:
+                return size, -1
+            if len(head) < HEAD.size + meta_len:
+                with open(path, "rb") as fh:
+                    head = fh.read(HEAD.size + meta_len)
+            meta = json.loads(head[HEAD.size : HEAD.size + meta_len])
+            return size, int(meta.get("count", 0))
+        except FileNotFoundError:
+            return None
+        except (OSError, struct.error, ValueError):
+            return 0, -1  # damaged: the readers quarantine it, retention leaves it
+
+    @staticmethod
+    def _stem_time(stem: str) -> float:
+        head = stem.split("-", 1)[0]
+        return int(head) / 1e9 if head.isdigit() else 0.0
+
+    @contextlib.contextmanager
+    def _retention_lock(self) -> Iterator[bool]:
+        fd = os.open(self.root / "retention.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False  # another process is enforcing the same bounds right now
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def enforce_retention(self, retention: Retention, now: float) -> dict[str, int]:
+        """Delete what the bounds exclude (see :mod:`..retention`); drops per reason."""
+        dropped = dict.fromkeys(("max_age", "max_entries", "max_bytes"), 0)
+        with self._retention_lock() as held:
+            if not held:
+                return {}
+            deleted = self._tombstones()
+            names = [n for n in self._listdir(self.segments_dir) if n.endswith(SUFFIX)]
+            if self._within_bounds(names, deleted, retention, now):
+                return dropped
+            self.__dict__.pop("_retention_state", None)
+            self._forget_heads(names)
+            # Per segment, oldest first: [stem, time, bytes per record, live records,
+            # deleted indexes, record count].  Index lists are only made for the
+            # segments something is dropped from, so a store within its bounds
+            # costs one pass over the (cached) segment headers.
+            segs: list[list[Any]] = []
+            for stem, size, count, written in self._heads(names):
+                gone = deleted.get(stem) or set()
+                if count - len(gone) > 0:
+                    segs.append([stem, written, size / count, count - len(gone), gone, count])
+            victims: dict[str, list[str]] = {r: [] for r in dropped}
+            if retention.max_age is not None:
+                cutoff = now - retention.max_age
+                expired = 0
+                while expired < len(segs) and segs[expired][1] < cutoff:
+                    victims["max_age"].extend(self._take(segs[expired], segs[expired][3]))
+                    expired += 1
+                del segs[:expired]
+            for reason, bound in (
+                ("max_entries", retention.max_entries),
+                ("max_bytes", retention.max_bytes),
+            ):
+                if bound is None:
+                    continue
+                by_bytes = reason == "max_bytes"
+                over = sum(s[3] * (s[2] if by_bytes else 1) for s in segs) - bound
+                for seg in reversed(segs) if retention.drop_newest else iter(segs):
+                    if over <= 0:
+                        break
+                    want = min(seg[3], math.ceil(over / seg[2]) if by_bytes else int(over))
+                    taken = self._take(seg, want, newest=retention.drop_newest)
+                    victims[reason].extend(taken)
+                    over -= len(taken) * (seg[2] if by_bytes else 1)
+                segs = [s for s in segs if s[3] > 0]
+            for reason, ids in victims.items():
+                if ids:
+                    dropped[reason] = self.delete(ids)
+            if any(dropped.values()):
+                self._add_dropped(dropped)
+            else:  # within its bounds: the next pass may start from here
+                self.__dict__["_retention_state"] = (
+                    names,
+                    deleted,
+                    sum(s[3] for s in segs),
+                    sum(s[2] * s[3] for s in segs),
+                    min((s[1] for s in segs), default=float("inf")),
+                )
+        return dropped
+
+    @staticmethod
+    def _take(seg: list[Any], count: int, *, newest: bool = False) -> list[str]:
+        """Entry ids of ``count`` live records of ``seg`` (its oldest or newest), marked gone."""
+        stem, _, _, _, gone, total = seg
+        order = range(total - 1, -1, -1) if newest else range(total)
+        taken: list[int] = []
+        for i in order:
+            if len(taken) >= count:
+                break
+            if i not in gone:
+                taken.append(i)
+        gone.update(taken)
+        seg[3] -= len(taken)
+        return [f"{stem}:{i:06d}" for i in taken]
+
+    def _add_dropped(self, dropped: dict[str, int]) -> None:
+        """Add to the persistent per-reason counts (called under the retention lock)."""
+        counts = self.dropped_counts()
+        for reason, n in dropped.items():
+            counts[reason] = counts.get(reason, 0) + n
+        path = self.root / "dropped.json"
+        tmp = self.tmp_dir / f"dropped.{os.getpid()}.{next(_counter)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(counts, fh)
+        os.rename(tmp, path)
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Dumps dropped by retention so far, per reason, by every process of this host."""
+        try:
+            data = json.loads((self.root / "dropped.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
