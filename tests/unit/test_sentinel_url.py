@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from celery_durable.dlq import open_store
+from celery_durable.dlq.wal import DumpWAL
 from celery_durable.exceptions import ConfigError, RestoreError
 from celery_durable.restore.lock import run_lock
 from celery_durable.sentinel_url import display_url, redis_client
@@ -48,3 +51,11 @@ def test_dump_store_and_restore_lock_accept_the_scheme() -> None:
     assert store.client.connection_pool.service_name == "m"
     with pytest.raises(RestoreError, match="master_name"):
         run_lock("redis+sentinel://h1/0")
+
+
+def test_dump_log_for_a_sentinel_store_notes_its_url_without_password(tmp_path: Path) -> None:
+    # Kombu's URL sanitizer raised on the host list: every capture was dropped.
+    log = DumpWAL(tmp_path / "wal", store_url=URL)
+    noted = (tmp_path / "wal" / "store").read_text()
+    assert "10.0.0.2" in noted and "pw" not in noted
+    log.close()
