@@ -3,10 +3,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import kombu
 import pytest
 
 from tests.helpers.redis_server import RedisServer
 from tests.integration.restore_support import RestoreHarness
+
+# tests/integration/kombu_mixins is Kombu 5.7.0's own integration suite, vendored
+# unchanged: it imports and tests what only Kombu 5.7 has (batch publishing,
+# SUBCLIENT_MAX_MISSED_HEALTH_CHECKS), so only the newest tier of .ci/run runs it.
+collect_ignore = ["integration/test_kombu_mixins.py"] if kombu.VERSION < (5, 7) else []
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""Publish a chunk of restores to Kombu's redis transport in one pipeline.
+"""Publish a chunk of restores: one redis pipeline where provably equivalent, else Kombu's path.
 
 The routing and the pipelined LPUSH are :mod:`celery_durable.redis_pipeline`
 (shared with the durable transport's drainer); this module adds the
-serialization of restored task bodies.
+serialization of restored task bodies, and :func:`publish_batch` for the generic
+path every other transport takes (``runner._publish_chunk``).
 
 Why: ``Producer.batch()`` already pipelines the LPUSHes, but each message still
 walks Kombu's generic publish path, which caps a restore at ~9,000 msgs/s on a
@@ -17,13 +18,18 @@ Used only where that is provably the same thing: the channel is exactly
 ``kombu.transport.redis.Channel``, no compression, and every message goes to
 the default exchange or a ``direct`` one whose queues carry no ``x-expires``.
 Anything else (amqp, fanout/topic exchanges, wrapped transports) takes the
-generic ``Producer.batch()`` path.  ``execute()`` returns only after redis
-answered every LPUSH; any error raises, and the caller keeps the dumps.
+generic path: ``Producer.batch()`` where Kombu has it
+(5.7+), else one ``Producer.publish`` after another, which is what ``batch()``
+itself does on a transport without batch support.  Either way a chunk returns
+only after the broker accepted every message of it, in plan order; any error
+raises, and the caller keeps the chunk's dumps (messages of it already accepted
+are published again by the next run: at least once, same task id).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from kombu.serialization import dumps as serialize
@@ -32,7 +38,7 @@ from kombu.transport import redis as kombu_redis
 from ..redis_pipeline import push
 from .message import Republish
 
-__all__ = ["pipeline_publisher"]
+__all__ = ["pipeline_publisher", "publish_batch"]
 
 _PERSISTENT = 2
 
@@ -73,3 +79,15 @@ def pipeline_publisher(producer: Any) -> _RedisPipelinePublisher | None:
     if type(channel) is not kombu_redis.Channel:
         return None
     return _RedisPipelinePublisher(channel)
+
+
+@contextmanager
+def publish_batch(producer: Any, max_size: int) -> Iterator[None]:
+    """``producer.batch(max_size)``, or publish each message at once where Kombu has no batch.
+
+    ``Producer.batch()`` is new in Kombu 5.7; before it every publish is immediate,
+    which is exactly what ``batch()`` does on a transport that cannot batch.
+    """
+    batch = getattr(producer, "batch", None)
+    with batch(max_size=max_size) if batch is not None else nullcontext():
+        yield

@@ -38,7 +38,7 @@ from ..settings import settings_for
 from .gate import QueueGate
 from .lock import RunLock, run_lock
 from .message import Republish, build_message
-from .pipeline import pipeline_publisher
+from .pipeline import pipeline_publisher, publish_batch
 from .policy import is_due, is_parked
 
 __all__ = ["CHUNK", "RestoreOptions", "RestoreReport", "restore"]
@@ -245,7 +245,7 @@ def _publish_chunk(
     producer: Any, chunk: list[Republish], serializer: str, compression: Any
 ) -> None:
     """Publish ``chunk``; returns only once the broker accepted all of it."""
-    with producer.batch(max_size=4 * len(chunk) + 1):
+    with publish_batch(producer, max_size=4 * len(chunk) + 1):
         for m in chunk:
             producer.publish(
                 m.body,

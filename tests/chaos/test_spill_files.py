@@ -9,6 +9,7 @@ tmpfs mount.  Before the fix, spill directories were 0755 and LevelDB's files
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.chaos
 
 SECRET = "card-4111-1111-1111-1111-cvv-737"
 SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+UNPRIVILEGED_ROOT = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
 
 PRODUCER = """
 import sys, threading
@@ -154,11 +156,19 @@ except SpillError as exc:
 
 
 def test_unwritable_spill_dir_is_spill_error_with_the_os_reason(shared_tmp: Path) -> None:
-    locked = shared_tmp / "root-owned"
-    os.mkdir(locked, 0o755)  # nobody may enter it, not write it
+    locked = shared_tmp / "nobody-owned"
+    os.mkdir(locked, 0o755)  # others may enter it, not write it
+    os.chown(locked, pwd.getpwnam("nobody").pw_uid, -1)
     script = shared_tmp / "ro.py"
     script.write_text(READ_ONLY_WRITER)
-    done = as_nobody(sys.executable, str(script), str(locked / "spill" / "store"))
+    # The writer is root without capabilities (so "other" to that directory), not
+    # nobody: a pyenv interpreter under /root (0700) cannot even start as nobody.
+    done = subprocess.run(
+        [*UNPRIVILEGED_ROOT, sys.executable, str(script), str(locked / "spill" / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done
     assert done.stdout.startswith("SpillError spill_dir: cannot create"), done
     assert "Permission denied" in done.stdout, done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -103,5 +104,10 @@ class RedisServer:
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def close(self) -> None:
+        # A test's AsyncResults sit in reference cycles; their __del__ talks to this
+        # server (Celery 5.4 retries it for ~20 s each when it is gone, and a __del__
+        # running inside the garbage collector at a bad moment crashed CPython 3.11.7's
+        # ast.parse).  Collect them while the server still answers.
+        gc.collect()
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

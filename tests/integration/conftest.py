@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ class Cluster:
         self.results = RedisServer().start()
         self.transport_options: dict[str, Any] = {}
         self.procs: list[Proc] = []
+        self.apps: list[Any] = []
 
     @property
     def broker_url(self) -> str:
@@ -86,6 +88,12 @@ class Cluster:
         app = Celery("test-client", broker=self.broker_url, backend=self.results.url,
                      set_as_current=False)  # fmt: skip
         app.conf.broker_transport_options = dict(self.transport_options)
+        # An AsyncResult's __del__ unsubscribes from the results redis.  On Celery
+        # 5.4 that retries a dead server 20 times (~20 s per result, and pytest's
+        # timeout is swallowed inside __del__), so a result collected after close()
+        # stopped the server would stall a later test for an hour: never retry.
+        app.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 0}}
+        self.apps.append(app)
         return app
 
     def wait_arrived(self, expected: set[tuple[str, int]], timeout: float = 120) -> list[Any]:
@@ -107,6 +115,10 @@ class Cluster:
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+        # Results are in reference cycles: collect them while their redis still runs.
+        gc.collect()
+        for app in self.apps:
+            app.close()
         self.broker.close()
         self.results.close()
 
