@@ -56,6 +56,8 @@ _PACK_OPTIONS = (
     | ormsgpack.OPT_PASSTHROUGH_ENUM
 )
 _TYPE_MARK = b"__type__"  # in the metadata of any tagged value
+_packb = ormsgpack.packb
+_default = _KOMBU.default
 
 # Format 1's JSON encoder and decoders, built once (``kombu.utils.json.dumps``/
 # ``loads`` build a new one per call, which costs more than a small header).
@@ -107,15 +109,16 @@ def encode(record: SpillRecord) -> bytes:
     ]
     version = FORMAT_VERSION
     try:
-        meta = ormsgpack.packb(fields, default=_KOMBU.default, option=_PACK_OPTIONS)
+        meta = _packb(fields, default=_default, option=_PACK_OPTIONS)
     except TypeError:  # ormsgpack.MsgpackEncodeError: format 1 holds it or raises as before
         version, meta = JSON_VERSION, _json_meta(fields)
     body = record.body
     if type(body) is not bytes:
         body = bytes(body)
     # The CRC covers everything after itself: length, created, metadata, body.
-    tail = _TAIL.pack(len(meta), record.created) + meta
-    return b"".join((_HEAD.pack(version, zlib.crc32(body, zlib.crc32(tail))), tail, body))
+    tail = _TAIL.pack(len(meta), record.created)
+    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(tail)))
+    return b"".join((_HEAD.pack(version, crc), tail, meta, body))
 
 
 def _json_meta(fields: list[Any]) -> bytes:
