@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from kombu.utils.url import maybe_sanitize_url
 
-from ..exceptions import RestoreError
+from ..exceptions import ConfigError, RestoreError
 from ..files import private_dir
 
 __all__ = ["REDIS_LOCK_TTL", "RunLock", "redis_lock_target", "run_lock"]
@@ -60,7 +60,7 @@ class _FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             with contextlib.suppress(OSError):  # not ours: the lock still works
                 os.fchmod(fd, 0o600)
-        except OSError as exc:
+        except (OSError, ConfigError, RestoreError) as exc:
             raise RestoreError(f"cannot open the restore lock {self.path}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
