@@ -59,7 +59,7 @@ FIGURES: list[Figure] = [
     Figure("broker down, direct / memory://", "publish", "direct_down", "memory", "ratio", 0.95),
     Figure("broker down, wal / memory://", "publish", "wal_down", "memory", "ratio", 0.95),
     Figure(
-        "drain a backlog / raw LPUSH of the same bytes",
+        "drain a backlog / pipelined LPUSH of the same bytes",
         "publish",
         "drain",
         "drain_lpush",
