@@ -9,6 +9,8 @@ import uuid
 
 import ormsgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from celery_durable.exceptions import CorruptRecord, VersionMismatch
 from celery_durable.spill import SpillRecord, decode, encode
@@ -204,3 +206,50 @@ def test_valid_crc_with_a_length_past_the_end_is_corrupt() -> None:
     data[1:5] = struct.pack(">I", zlib.crc32(bytes(data[5:])))
     with pytest.raises(CorruptRecord, match="length"):
         decode(bytes(data))
+
+
+def format_1(record: SpillRecord) -> bytes:
+    """``record`` as the format-1 code wrote it (JSON metadata through Kombu's registry)."""
+    from celery_durable.spill.record import _json_meta
+
+    fields = [
+        record.exchange,
+        record.routing_key,
+        record.content_type,
+        record.content_encoding,
+        record.headers,
+        record.properties,
+        record.declarations,
+    ]
+    return raw_record(_json_meta(fields), record.body)
+
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.datetimes(timezones=st.none() | st.just(datetime.timezone.utc))
+    | st.dates()
+    | st.uuids()
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3)
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.dictionaries(st.text(max_size=12), _values, max_size=8))
+def test_format_2_reads_back_exactly_what_format_1_did(headers: dict[str, object]) -> None:
+    record = SpillRecord(body=b"b", exchange="", routing_key="q", headers=headers)
+    expected = decode(format_1(record)).headers
+    assert decode(encode(record)).headers == expected
