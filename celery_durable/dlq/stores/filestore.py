@@ -60,9 +60,8 @@ from urllib.parse import unquote, urlsplit
 
 from kombu.exceptions import ContentDisallowed
 
-from ... import metrics
+from ... import files, metrics
 from ...exceptions import ConfigError, CorruptRecord, DumpError
-from ...files import private_dir
 from ..base import DumpEntry, DumpStore, QuarantinedDump
 from ..codec import Codec, crc32
 
@@ -168,7 +167,7 @@ class FileStore(DumpStore):
         try:
             for d in (self.root, self.segments_dir, self.tmp_dir, self.deleted_dir):
                 # Parents too: dumps hold task arguments (mkdir's parents=True made them 0755).
-                private_dir(d, setting="durable_dlq_url", error=DumpError)
+                files.private_dir(d, setting="durable_dlq_url", error=DumpError)
         except OSError as exc:
             raise DumpError(f"cannot create dump store {self.root}: {exc}") from exc
 
