@@ -21,7 +21,7 @@ from kombu import Connection
 from ..redis_pipeline import can_push, push
 from ..spill import SpillRecord
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "prepare_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +86,21 @@ class Forwarder:
         for record in records:
             self._declare(channel, record.declarations)
         if can_push(channel, {record.exchange for record in records}):
-            push(channel, [(_message(channel, r), r.exchange, r.routing_key) for r in records])
+            push(
+                channel, [(prepare_message(channel, r), r.exchange, r.routing_key) for r in records]
+            )
             return
         create_batch = getattr(channel, "create_publish_batch", None)
         if create_batch is None:  # kombu < 5.7: one round trip per message
             for record in records:
-                message = _message(channel, record)
+                message = prepare_message(channel, record)
                 channel.basic_publish(message, record.exchange, record.routing_key)
             return
         batch = create_batch(len(records) * 4 + 4)
         try:
             for record in records:
                 batch.publish(
-                    _message(channel, record),
+                    prepare_message(channel, record),
                     exchange=record.exchange,
                     routing_key=record.routing_key,
                 )
@@ -123,7 +125,8 @@ class Forwarder:
         self.reset()
 
 
-def _message(channel: Any, record: SpillRecord) -> Any:
+def prepare_message(channel: Any, record: SpillRecord) -> Any:
+    """``record`` as a message prepared by ``channel``, ready for ``basic_publish``."""
     properties = dict(record.properties)
     # A message put back in line after a failed delivery says so, as Kombu's
     # own restores do (Celery shows it as request.delivery_info["redelivered"]).

@@ -15,9 +15,10 @@ from kombu.transport import redis as kombu_redis
 import celery_durable  # noqa: F401 - registers the alias
 from celery_durable.exceptions import ConfigError, SpillFull
 from celery_durable.spill import SpillStore
+from celery_durable.transport.naming import broker_dir_name
 from celery_durable.transport.options import split_options
 from celery_durable.transport.redis import DurableRedisTransport
-from celery_durable.transport.spiller import broker_dir_name, shutdown_all, spillers
+from celery_durable.transport.registry import shutdown_all, spillers
 from tests.helpers.redis_server import free_port
 
 
@@ -88,7 +89,7 @@ def test_publish_to_a_dead_broker_spills_fast_and_in_order(durable_dir: Path) ->
     assert time.monotonic() - started < 5
     (spiller,) = spillers()
     assert spiller.breaker.is_open and spiller.backlog() == 200
-    store = spiller._store
+    store = spiller.router.store
     assert store is not None
     bodies = [record.body for _, record in store.peek(500)]
     assert bodies == [f'{{"i": {i}}}'.encode() for i in range(200)]
@@ -111,15 +112,15 @@ def test_a_dead_processes_store_is_adopted(durable_dir: Path) -> None:
     conn = Connection(url)
     conn.Producer().publish({"x": 1}, routing_key="q")
     (spiller,) = spillers()
-    path = spiller._store.path  # type: ignore[union-attr]
-    # Simulate the owner dying: its LevelDB lock is released, the store stays.
-    spiller._stopping.set()
-    spiller._store.close()  # type: ignore[union-attr]
-    shutdown_all(0.0)
+    assert spiller.router.store is not None
+    path = spiller.router.store.path
+    shutdown_all(0.0)  # the owner exits with its backlog (broker down): the store stays
     with SpillStore(path) as store:
         assert len(store) == 1  # still there, and its lock is free
     conn2 = Connection(url)
-    assert conn2.transport.spiller.backlog() == 1  # adopted at start-up
+    assert conn2.transport.spiller.backlog() == 0  # building a transport adopts nothing
+    conn2.transport.spiller.start()  # the worker/beat hook, or a first spill
+    assert conn2.transport.spiller.backlog() == 1
 
 
 def test_broker_dir_name_is_safe_and_distinct() -> None:
