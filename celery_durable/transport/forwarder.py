@@ -60,6 +60,10 @@ class Forwarder:
                 connect_timeout=self.timeout,
             )
             self._conn = conn
+            # One attempt: Connection.channel() alone retries once after a
+            # 2 s sleep, and the drainer has its own backoff (publishers
+            # waiting for room wait on this attempt).
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
             self._channel = conn.channel()  # the redis channel pings the server here
             self._declared = set()
         return self._channel

@@ -243,15 +243,19 @@ class PublishRouter:
         """Wait for the drainer's next attempt on the broker: ``ok``, ``failed`` or ``timeout``.
 
         ``hurry`` asks the drainer to try at once (cutting its backoff short),
-        unless the last attempt failed less than :data:`RETRY_FLOOR` ago: then
-        the answer is ``failed`` without waiting.  Without a ``deadline`` waits
-        up to a second, so a blocked caller can log and look again.
+        but not within :data:`RETRY_FLOOR` of a failed attempt: with a
+        ``deadline`` (``raise``) that failure is the answer, without one
+        (``block``) the hurry waits out the rest of the floor.  Without a
+        ``deadline`` waits up to a second, so a blocked caller can log and look again.
         """
         with self.lock:
-            if hurry and not self._last_ok and time.monotonic() - self._failed_at < RETRY_FLOOR:
-                return "failed"
+            floor = RETRY_FLOOR - (time.monotonic() - self._failed_at) if not self._last_ok else 0
             seen = self._attempts
         if hurry:
+            if floor > 0:
+                if deadline is not None:
+                    return "failed"
+                time.sleep(floor)
             self.on_hurry()
         end = time.monotonic() + 1.0 if deadline is None else deadline
         with self._room:

@@ -5,6 +5,10 @@ A closed loopback port is a real dead broker: nothing here is mocked.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,3 +131,48 @@ def test_broker_dir_name_is_safe_and_distinct() -> None:
     a = broker_dir_name("redis://:secret@host:6379/0")
     b = broker_dir_name("redis://host:6380/0")
     assert "secret" not in a and "/" not in a and a != b
+
+
+ONE_LINER = (
+    "import kombu, celery_durable; c = kombu.Connection('durable+redis://127.0.0.1:1/0'); "
+    "c.transport; import threading; print(threading.active_count())"
+)
+
+
+def test_building_a_transport_starts_no_thread_and_creates_no_directory(tmp_path: Path) -> None:
+    # The exact check of issue 9; before, it printed 2 and left spill/<broker>/ behind.
+    state = tmp_path / "state"
+    env = {**os.environ, "CELERY_DURABLE_DIR": str(state)}
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_LINER], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    assert not state.exists()
+
+
+def test_a_channel_on_a_dead_broker_starts_nothing_until_a_message_spills(
+    durable_dir: Path,
+) -> None:
+    before = threading.active_count()
+    conn = Connection(dead_url())
+    channel = conn.channel()  # pings: the breaker opens, nothing else happens
+    (spiller,) = spillers()
+    assert spiller.breaker.is_open and not spiller.drainer.started
+    assert threading.active_count() == before and not durable_dir.exists()
+    conn.Producer(channel).publish({"x": 1}, routing_key="q")
+    assert spiller.drainer.started and spiller.backlog() == 1
+    assert threading.active_count() == before + 1  # the drainer
+
+
+def test_a_drain_attempt_on_a_dead_broker_fails_at_once() -> None:
+    # Kombu's Connection.channel() retried once after sleeping 2 s: every drain
+    # attempt took 2 s, and a publisher waiting for room timed out on it.
+    from celery_durable.transport.forwarder import Forwarder
+    from celery_durable.transport.redis import BROKER_DOWN, GuardedRedisTransport
+
+    forwarder = Forwarder(f"redis://127.0.0.1:{free_port()}/0", {}, GuardedRedisTransport, 1.0)
+    started = time.monotonic()
+    with pytest.raises(BROKER_DOWN):
+        forwarder.ping()
+    assert time.monotonic() - started < 1.0
