@@ -1,5 +1,12 @@
 """Forward spilled records to the real broker, in pipelined batches.
 
+This is the broker-specific half of the producer core (the router and drainer
+are broker-neutral): a forwarder connects, declares, forwards a batch (returning
+only once the broker has all of it) and pings; :meth:`Forwarder.reset` drops the
+connection after a failure.  The errors it raises for "broker down" are the
+transport's error tuple, given to the router and drainer alongside it.  A
+transport whose broker needs more (publisher confirms) subclasses it.
+
 The drainer owns one plain Kombu connection to the inner broker (never the
 user's).  For every (re)connection it replays the declarations the records
 carry (exchanges, queues, bindings: a restarted broker may have forgotten them
