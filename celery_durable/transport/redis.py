@@ -373,7 +373,7 @@ class DurableRedisTransport(kombu_redis.Transport):
     Channel = DurableRedisChannel
     # Kombu >= 5.7 batches (``implements.batch_publish``, inherited) go through
     # DurableRedisChannel.create_publish_batch: they spill like single publishes.
-    _spiller_cache: tuple[int, Spiller] | None = None
+    _router_cache: tuple[int, PublishRouter] | None = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         # The worker's consumer registers right after connecting; redis then
@@ -399,18 +399,18 @@ class DurableRedisTransport(kombu_redis.Transport):
         adopts dead processes' stores) on the first message that is not sent
         directly, or on ``spiller.start()`` (worker and beat hooks).
         """
-        pid = os.getpid()
-        cached = self._spiller_cache
-        if cached is not None and cached[0] == pid and not cached[1].closed:
-            return cached[1]
-        spiller = get_spiller(self._spiller_key, self._new_spiller)
-        self._spiller_cache = (pid, spiller)
-        return spiller
+        return get_spiller(self._spiller_key, self._new_spiller)
 
     @property
     def router(self) -> PublishRouter:
-        """This process's publish router for this broker."""
-        return self.spiller.router
+        """This process's publish router for this broker (cached: it is on every publish)."""
+        pid = os.getpid()
+        cached = self._router_cache
+        if cached is not None and cached[0] == pid and not cached[1].closed:
+            return cached[1]
+        router = self.spiller.router
+        self._router_cache = (pid, router)
+        return router
 
     def _new_spiller(self) -> Spiller:
         forwarder = Forwarder(

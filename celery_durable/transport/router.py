@@ -105,6 +105,8 @@ class PublishRouter:
         self._last_ok = True
         self._failed_at = float("-inf")
         self.disk_mode = self.mode == "wal"
+        #: Set by :meth:`close`: this router is done (its process shuts down).
+        self.closed = False
 
     # -- the publisher's side ------------------------------------------------------
     @property
@@ -138,7 +140,9 @@ class PublishRouter:
                     self.on_work()
                 return
             reason = "buffer full" if not self.disk_mode else reason
-        self._store_records([record], reason or self._reason(), direct)
+        if reason is None:
+            reason = "backlog" if self.disk_mode else "buffered"
+        self._store_records([record], reason, direct)
 
     def accept_batch(
         self, records: Sequence[SpillRecord], reason: str | None = None, direct: Send | None = None
@@ -163,7 +167,9 @@ class PublishRouter:
                 self.on_work()
                 return
             reason = "buffer full" if not self.disk_mode else reason
-        self._store_records(records, reason or self._reason(), direct)
+        if reason is None:
+            reason = "backlog" if self.disk_mode else "buffered"
+        self._store_records(records, reason, direct)
 
     def spill(self, record: SpillRecord, reason: str, direct: Send | None = None) -> None:
         """Append ``record`` to this process's store, behind anything waiting."""
@@ -174,9 +180,6 @@ class PublishRouter:
         self.breaker.trip(exc)
         self.disk_mode = True
 
-    def _reason(self) -> str:
-        return "backlog" if self.disk_mode else "buffered"
-
     # -- storing, and what happens when the store is full --------------------------------
     def _store_records(
         self, records: Sequence[SpillRecord], reason: str, direct: Send | None
@@ -185,7 +188,15 @@ class PublishRouter:
         blocked_since: float | None = None
         while True:
             try:
-                self._write(records, reason)
+                with self.lock:
+                    self.disk_mode = True
+                    store = self._open_store()
+                    if self._buffer:  # older than anything on disk: it goes first
+                        self._buffer_to_disk_locked(reason)
+                    if len(records) == 1:
+                        store.append(records[0])
+                    else:
+                        store.extend(records)
                 break
             except SpillFull as full:
                 metrics.SPILL_FULL.inc()
@@ -227,17 +238,6 @@ class PublishRouter:
                 blocked_since = self._log_blocked(blocked_since)
         _spilled(reason).inc(len(records))
         self.on_work()
-
-    def _write(self, records: Sequence[SpillRecord], reason: str) -> None:
-        with self.lock:
-            self.disk_mode = True
-            store = self._open_store()
-            if self._buffer:
-                self._buffer_to_disk_locked(reason)
-            if len(records) == 1:
-                store.append(records[0])
-            else:
-                store.extend(records)
 
     def _await_attempt(self, deadline: float | None, hurry: bool) -> str:
         """Wait for the drainer's next attempt on the broker: ``ok``, ``failed`` or ``timeout``.
@@ -388,6 +388,7 @@ class PublishRouter:
         """Close the own store, or delete it if it is empty (the buffer must be moved first)."""
         with self.lock:
             store, self._store = self._store, None
+            self.closed = True
         if store is not None:
             if len(store):
                 store.close()
