@@ -27,7 +27,7 @@ import time
 from .. import metrics
 from ..exceptions import SpillError
 from ..spill import SpillStore, StoreLocked, find_orphans
-from .forwarder import Forwarder
+from .forwarder import ForwardsBatches
 from .router import PublishRouter
 
 __all__ = ["DRAIN_LINGER", "ORPHAN_SCAN_INTERVAL", "Drainer"]
@@ -50,7 +50,7 @@ class Drainer:
     def __init__(
         self,
         router: PublishRouter,
-        forwarder: Forwarder,
+        forwarder: ForwardsBatches,
         broker_errors: tuple[type[BaseException], ...],
     ) -> None:
         self.router = router

@@ -21,18 +21,34 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Connection
 
 from ..redis_pipeline import can_push, push
 from ..spill import SpillRecord
 
-__all__ = ["Forwarder", "prepare_message"]
+__all__ = ["Forwarder", "ForwardsBatches", "prepare_message"]
 
 logger = logging.getLogger(__name__)
 
 _DECLARE_OPS = ("exchange_declare", "queue_declare", "queue_bind")
+
+
+class ForwardsBatches(Protocol):
+    """What the drainer needs from a broker (a forwarder per broker kind)."""
+
+    def forward(self, records: Sequence[SpillRecord]) -> None:
+        """Publish ``records`` in order; return only once the broker has them all."""
+
+    def ping(self) -> None:
+        """Raise one of the broker errors unless the broker answers."""
+
+    def reset(self) -> None:
+        """Drop the connection after a failure; the next call reconnects."""
+
+    def close(self) -> None:
+        """Release the connection for good."""
 
 
 class Forwarder:

@@ -6,7 +6,7 @@ keyed by pid, so a forked child (prefork pool, gunicorn worker) never shares its
 parent's store or drainer thread, it gets its own.  :func:`shutdown_all` flushes
 and closes this process's spillers at interpreter exit and worker shutdown.
 
-Broker-neutral: a transport supplies its :class:`~.forwarder.Forwarder` (how to
+Broker-neutral: a transport supplies a :class:`~.forwarder.ForwardsBatches` (how to
 connect, declare, forward a batch and ping) and the errors that mean "broker
 down"; :meth:`Spiller.create` builds the rest.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from .breaker import Breaker
 from .drainer import Drainer
-from .forwarder import Forwarder
+from .forwarder import ForwardsBatches
 from .options import DurableOptions
 from .router import PublishRouter
 
@@ -47,7 +47,7 @@ class Spiller:
         name: str,
         store_dir: Path,
         options: DurableOptions,
-        forwarder: Forwarder,
+        forwarder: ForwardsBatches,
         broker_errors: tuple[type[BaseException], ...],
     ) -> Spiller:
         """Router and drainer for one broker; nothing is started, nothing created on disk."""

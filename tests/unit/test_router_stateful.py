@@ -102,7 +102,7 @@ class RouterMachine(RuleBasedStateMachine):
         )
         spiller = Spiller.create(
             "fake", self.dir / "broker", options, FakeForwarder(self.broker), (BrokerDown,)
-        )  # type: ignore[arg-type]
+        )
         spiller.router.on_work = lambda: None  # no thread: the test drains
         spiller.router.on_hurry = self._cycle
         spiller.drainer.adopt_orphans()
@@ -225,7 +225,7 @@ class WalMachine(RouterMachine):
 
 
 _settings = settings(
-    max_examples=30,
+    max_examples=50,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
