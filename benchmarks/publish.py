@@ -141,7 +141,7 @@ def child(config: dict[str, object]) -> None:
         from kombu import Connection
 
         conn = Connection(str(config["url"]), transport_options=app.conf.broker_transport_options)
-        conn.transport.spiller  # noqa: B018 - adoption happens here
+        conn.transport.spiller.start()  # adopt the dead store, start draining
         time.sleep(float(config.get("hold", 0)))  # type: ignore[arg-type]
 
 
