@@ -1,4 +1,4 @@
-"""Dead-letter capture benchmark: ``python benchmarks/dlq.py [N]``.
+"""Dead-letter capture benchmark: ``python benchmarks/dlq.py [N] [--json PATH]``.
 
 Measures, in one run:
 
@@ -13,7 +13,8 @@ Measures, in one run:
    tasks with capture vs N without, timed from ``add_consumer`` to a marker task
    queued behind them.
 
-This module is also the Celery app of part 3 (``celery -A dlq worker`` with this
+``--json PATH`` writes the figures for ``benchmarks/run.py``.  This module is
+also the Celery app of part 3 (``celery -A dlq worker`` with this
 directory on ``PYTHONPATH``).
 """
 
@@ -200,7 +201,14 @@ def _node(client: Celery) -> str:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, nargs="?", default=5000, help="failing tasks")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    n = args.n
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         os.environ["CELERY_DURABLE_DIR"] = str(tmp)
@@ -240,6 +248,18 @@ def main() -> None:
             f"captured {wdumped * 1e6:7.1f} us, overhead {(wdumped - wplain) * 1e6:6.1f} us "
             f"(ratio {wdumped / wplain:.2f}; {1 / wdumped:,.0f} captured failures/s)"
         )
+        if args.json:
+            figures = {
+                "queue_file": file_rate,
+                "queue_redis": redis_rate,
+                "trace_plain_s": plain,
+                "trace_dumped_s": dumped,
+                "worker_plain_s": wplain,
+                "worker_dumped_s": wdumped,
+                "n": n,
+                "worker_n": wn,
+            }
+            Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ Beside it, plain Kombu publishing the same messages to the same redis: one
 and decodes the dumps from its store, rebuilds each message, checks the queue
 length (rate control), publishes in pipelined chunks and deletes the dumps.
 
-    .venv/bin/python benchmarks/restore.py [--count 20000] [--repeat 3]
+    .venv/bin/python benchmarks/restore.py [--count 20000] [--repeat 3] [--json PATH]
+
+``--json PATH`` writes the rates (msgs/s) for ``benchmarks/run.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -100,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3, help="best of N rounds per path")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     n = args.count
     server = RedisServer().start()
@@ -128,6 +132,10 @@ def main() -> None:
                 lambda: restore_from(app, server.url.replace("/0", "/1"), dumps),
             ),
         ]
+        if args.json:
+            keys = ("kombu_publish", "kombu_batch", "restore_file", "restore_redis")
+            figures = {key: rate for key, (_label, rate) in zip(keys, results, strict=True)}
+            Path(args.json).write_text(json.dumps({**figures, "n": n}, indent=2))
         base, pipelined = results[0][1], results[1][1]
         print(
             f"restore benchmark: {n} messages into redis-server {server.port}, "

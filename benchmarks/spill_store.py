@@ -1,6 +1,6 @@
 """Spill store throughput against raw plyvel, in one run.
 
-    python benchmarks/spill_store.py [--n 100000] [--body 300] [--repeat 3]
+    python benchmarks/spill_store.py [--n 100000] [--body 300] [--repeat 3] [--json PATH]
 
 Prints appends/s (single ``append`` and ``extend`` of 1000), peek+ack records/s,
 the raw plyvel ``put`` and ``write_batch`` rates for values of the same encoded
@@ -14,6 +14,7 @@ drain, and to peek a drained store (all O(1) or close to it by design).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import struct
 import tempfile
@@ -173,7 +174,9 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds; the best rate of each is kept"
     )
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    figures: dict[str, dict[str, float]] = {}
     n = args.n - args.n % BATCH or BATCH
     root = Path(tempfile.mkdtemp(prefix="spill-bench-"))
     try:
@@ -202,11 +205,14 @@ def main() -> None:
             )
 
             print_rates(raw, ours)
+            figures[label.split()[0]] = {**raw, **ours, "record_bytes": len(value), "n": n}
             print(
                 f"open with {n} waiting {ours['open_s'] * 1000:.1f} ms; "
                 f"compact after drain {ours['compact_s'] * 1000:.0f} ms; "
                 f"peek on drained store {ours['peek_empty_s'] * 1000:.2f} ms"
             )
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,9 +1,11 @@
-"""Worker start-up hooks: dead-letter capture for all tasks and the metrics exporter.
+"""Worker and beat start-up hooks: dead-letter capture, metrics, the durable transport.
 
-Connected to Celery's ``worker_init`` signal (main process, before the pool
-forks, so prefork children inherit what it sets up) by :func:`connect`, which
-``import celery_durable.dlq`` calls; the ``celery`` command imports that package
-through our CLI plugin, so every ``celery worker`` gets these hooks.
+Connected by :func:`connect`, which ``import celery_durable.dlq`` calls; the
+``celery`` command imports that package through our CLI plugin, so every
+``celery worker`` and ``celery beat`` gets these hooks.
+
+``worker_init`` (main process, before the pool forks, so prefork children
+inherit what it sets up):
 
 * ``durable_dlq_url`` must name a registered store scheme: an unknown one is a
   :class:`~celery_durable.exceptions.ConfigError` here, so the worker does not start.
@@ -19,6 +21,15 @@ through our CLI plugin, so every ``celery worker`` gets these hooks.
 
 Errors in these hooks are raised (Celery logs them and, for ``ConfigError``,
 the worker exits: see :func:`_on_worker_init`).
+
+``worker_ready`` (main process, once the pool and the consumer run) and
+``beat_init`` (:func:`connect_transport_hooks`, also connected when the durable
+redis transport is imported): :func:`start_durable_transport` starts the app's
+durable drainer, which adopts and drains stores that dead producers left behind
+and keeps looking for new ones, although this process may never publish.
+Building a transport has no side effects, so without these hooks only a
+process that spills would adopt.  ``worker_ready`` rather than ``worker_init``:
+the drainer is a thread, and the prefork pool forks its children before it.
 """
 
 from __future__ import annotations
@@ -30,7 +41,12 @@ from typing import Any
 
 from .exceptions import ConfigError
 
-__all__ = ["connect", "start_metrics_exporter"]
+__all__ = [
+    "connect",
+    "connect_transport_hooks",
+    "start_durable_transport",
+    "start_metrics_exporter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +125,50 @@ def _adopt(app: Any) -> None:
         logger.exception("celery-durable: cannot adopt the dump logs of dead processes")
 
 
+def start_durable_transport(app: Any) -> bool:
+    """Start this process's durable drainer for ``app``'s broker; True if it uses one.
+
+    The drainer adopts stores whose owner died and drains them.  Never raises:
+    a hook must not stop a worker or beat from starting.
+    """
+    try:
+        conn = app.connection_for_write()
+    except Exception:
+        logger.exception("celery-durable: cannot read the broker configuration")
+        return False
+    try:
+        spiller = getattr(conn.transport, "spiller", None)
+        if spiller is None:
+            return False
+        spiller.start()
+        return True
+    except Exception:
+        logger.exception("celery-durable: cannot start the durable transport's drainer")
+        return False
+    finally:
+        conn.release()
+
+
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None:
+        start_durable_transport(app)
+
+
+def connect_transport_hooks() -> None:
+    """Start the durable drainer when a worker is ready and when beat starts (idempotent)."""
+    from celery import signals
+
+    signals.worker_ready.connect(_on_ready, weak=False, dispatch_uid="celery_durable.transport")
+    signals.beat_init.connect(_on_ready, weak=False, dispatch_uid="celery_durable.transport")
+
+
 def connect() -> None:
-    """Connect the ``worker_init`` hook (idempotent)."""
+    """Connect the ``worker_init`` hook and the transport hooks (idempotent)."""
     from celery import signals
 
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_durable.worker")
     signals.worker_process_init.connect(
         _on_worker_process_init, weak=False, dispatch_uid="celery_durable.worker.process"
     )
+    connect_transport_hooks()

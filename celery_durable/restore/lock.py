@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..exceptions import ConfigError, RestoreError
+from ..files import private_dir
 from ..sentinel_url import display_url, redis_client
 
 __all__ = ["REDIS_LOCK_TTL", "RunLock", "redis_lock_target", "run_lock"]
@@ -54,9 +55,12 @@ class _FileLock:
 
     def acquire(self) -> bool:
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Owner-only like the dumps beside it; an older lock file is tightened too.
+            private_dir(self.path.parent, setting="durable_dlq_url", error=RestoreError)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
+            with contextlib.suppress(OSError):  # not ours: the lock still works
+                os.fchmod(fd, 0o600)
+        except (OSError, ConfigError, RestoreError) as exc:
             raise RestoreError(f"cannot open the restore lock {self.path}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

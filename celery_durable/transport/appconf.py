@@ -14,8 +14,8 @@ from typing import Any
 
 from kombu import Connection
 
+from .naming import broker_dir_name, safe_url
 from .options import DurableOptions, split_options
-from .spiller import _safe_url, broker_dir_name
 
 __all__ = ["DurableConfig", "drain_orphans", "durable_config"]
 
@@ -49,15 +49,15 @@ def durable_config(app: Any) -> DurableConfig | None:
             return None
         from . import _inner_url
 
-        # Read attributes only: touching ``conn.transport`` (``as_uri`` does)
-        # would start a Spiller here and adopt the very stores we report on.
+        # Read attributes only: this must work without the transport's classes
+        # (and never adopts: ``drain_orphans`` does that on purpose).
         options, inner = split_options(conn.transport_options or {})
         inner_url = _inner_url(conn)
         if inner_url.startswith("sentinel://"):  # every Sentinel, not the first URL only
             from .sentinel import sentinel_broker
 
             inner_url = sentinel_broker(conn, inner).url
-        return DurableConfig(_safe_url(f"durable+{inner_url}"), inner_url, options, inner)
+        return DurableConfig(safe_url(f"durable+{inner_url}"), inner_url, options, inner)
     finally:
         conn.release()
 
@@ -65,15 +65,16 @@ def durable_config(app: Any) -> DurableConfig | None:
 def drain_orphans(app: Any, timeout: float) -> tuple[int, int]:
     """Adopt every dead process's store for the app's broker and drain it.
 
-    Returns (records found, records left).  Uses the transport itself: opening
-    a durable connection adopts orphans, and its drainer forwards them.
+    Returns (records found, records left).  Uses the transport itself: its
+    spiller adopts orphans when started, and its drainer forwards them.
     """
-    from .spiller import spillers
+    from .registry import spillers
 
     conn: Connection = app.connection_for_write()
     try:
         transport: Any = conn.transport
         spiller = transport.spiller
+        spiller.start()
         found = left = spiller.backlog()
         deadline = time.monotonic() + timeout
         while left and time.monotonic() < deadline:

@@ -1,5 +1,12 @@
 """Forward spilled records to the real broker, in pipelined batches.
 
+This is the broker-specific half of the producer core (the router and drainer
+are broker-neutral): a forwarder connects, declares, forwards a batch (returning
+only once the broker has all of it) and pings; :meth:`Forwarder.reset` drops the
+connection after a failure.  The errors it raises for "broker down" are the
+transport's error tuple, given to the router and drainer alongside it.  A
+transport whose broker needs more (publisher confirms) subclasses it.
+
 The drainer owns one plain Kombu connection to the inner broker (never the
 user's).  For every (re)connection it replays the declarations the records
 carry (exchanges, queues, bindings: a restarted broker may have forgotten them
@@ -14,18 +21,34 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Connection
 
 from ..redis_pipeline import can_push, push
 from ..spill import SpillRecord
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "ForwardsBatches", "prepare_message"]
 
 logger = logging.getLogger(__name__)
 
 _DECLARE_OPS = ("exchange_declare", "queue_declare", "queue_bind")
+
+
+class ForwardsBatches(Protocol):
+    """What the drainer needs from a broker (a forwarder per broker kind)."""
+
+    def forward(self, records: Sequence[SpillRecord]) -> None:
+        """Publish ``records`` in order; return only once the broker has them all."""
+
+    def ping(self) -> None:
+        """Raise one of the broker errors unless the broker answers."""
+
+    def reset(self) -> None:
+        """Drop the connection after a failure; the next call reconnects."""
+
+    def close(self) -> None:
+        """Release the connection for good."""
 
 
 class Forwarder:
@@ -60,6 +83,10 @@ class Forwarder:
                 connect_timeout=self.timeout,
             )
             self._conn = conn
+            # One attempt: Connection.channel() alone retries once after a
+            # 2 s sleep, and the drainer has its own backoff (publishers
+            # waiting for room wait on this attempt).
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
             self._channel = conn.channel()  # the redis channel pings the server here
             self._declared = set()
         return self._channel
@@ -86,19 +113,21 @@ class Forwarder:
         for record in records:
             self._declare(channel, record.declarations)
         if can_push(channel, {record.exchange for record in records}):
-            push(channel, [(_message(channel, r), r.exchange, r.routing_key) for r in records])
+            push(
+                channel, [(prepare_message(channel, r), r.exchange, r.routing_key) for r in records]
+            )
             return
         create_batch = getattr(channel, "create_publish_batch", None)
         if create_batch is None:  # kombu < 5.7: one round trip per message
             for record in records:
-                message = _message(channel, record)
+                message = prepare_message(channel, record)
                 channel.basic_publish(message, record.exchange, record.routing_key)
             return
         batch = create_batch(len(records) * 4 + 4)
         try:
             for record in records:
                 batch.publish(
-                    _message(channel, record),
+                    prepare_message(channel, record),
                     exchange=record.exchange,
                     routing_key=record.routing_key,
                 )
@@ -123,7 +152,8 @@ class Forwarder:
         self.reset()
 
 
-def _message(channel: Any, record: SpillRecord) -> Any:
+def prepare_message(channel: Any, record: SpillRecord) -> Any:
+    """``record`` as a message prepared by ``channel``, ready for ``basic_publish``."""
     properties = dict(record.properties)
     # A message put back in line after a failed delivery says so, as Kombu's
     # own restores do (Celery shows it as request.delivery_info["redelivered"]).

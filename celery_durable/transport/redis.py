@@ -4,8 +4,15 @@ Consuming, acking, the event loop and every other channel method are Kombu's
 own (we subclass, so the worker sees ``driver_type == "redis"`` and the same
 ``implements``).  What changes:
 
-* ``basic_publish`` routes through the process's :class:`Spiller`: broker now,
+* ``basic_publish`` asks the process's publish router
+  (:mod:`celery_durable.transport.router`) where the message goes: broker now,
   memory buffer or LevelDB, depending on ``publish_mode`` and broker health.
+  The router and its drainer thread are created on first use and started on
+  the first message that is not sent directly (or by the worker/beat hooks),
+  so building a transport starts no thread and creates no directory.
+* ``Producer.batch()`` (Kombu >= 5.7) gets a batch that sends one pipeline at
+  flush while redis is healthy and one spill write batch when it is not
+  (:mod:`celery_durable.transport.batch`).
 * Declarations never fail on a dead broker: Kombu records them in its
   in-memory state before touching redis; we swallow the network part, and the
   drainer (or the route guard below) writes it later.
@@ -29,8 +36,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import ssl
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -39,11 +49,15 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import queue_declare_ok_t
 
 from ..exceptions import ConfigError
+from ..redis_pipeline import can_push, push
 from ..spill import SpillRecord
 from . import Transport, failover_next, failover_reached, failover_urls, transport_class
-from .forwarder import Forwarder
+from .batch import DurablePublishBatch, Pending
+from .forwarder import Forwarder, prepare_message
+from .naming import broker_dir_name, safe_url
 from .options import split_options
-from .spiller import Spiller, get_spiller
+from .registry import Spiller, get_spiller
+from .router import PublishRouter
 from .url import Address, inner_address, present
 
 __all__ = ["BROKER_DOWN", "DurableRedisChannel", "DurableRedisTransport", "GuardedRedisTransport"]
@@ -97,14 +111,15 @@ class _PingDeferred:
         self.channel = channel
 
     def ping(self) -> bool:
-        if self.channel.connection.spiller.breaker.is_open:
+        router = self.channel.connection.router
+        if router.breaker.is_open:
             self.channel.offline = True  # known down: don't pay publish_timeout again
             return True
         try:
             self.channel._create_client().ping()
         except BROKER_DOWN as exc:
             self.channel.offline = True
-            self.channel.connection.spiller.trip(exc)
+            router.trip(exc)
         return True
 
 
@@ -176,19 +191,62 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     # -- publishing --------------------------------------------------------------
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
-        spiller = self.connection.spiller
+        if "_publish_batch" in kwargs:  # Kombu's PublishBatch, sending on our behalf
+            return super().basic_publish(message, exchange, routing_key, **kwargs)
+        router = self.connection.router
         body = message["body"]  # Kombu replaces it (base64) in place before sending
-        if spiller.mode == "direct" and not spiller.disk_mode:
+        reason = None
+        if router.sends_direct:
             try:
                 return super().basic_publish(message, exchange, routing_key, **kwargs)
             except BROKER_DOWN as exc:
-                spiller.trip(exc)
+                router.trip(exc)
                 reason = "broker down"
-        else:
-            reason = "backlog" if spiller.disk_mode else "buffered"
+        router.accept(self._record(message, body, exchange, routing_key), reason, self.send_records)
+        return None
+
+    def create_publish_batch(self, max_size: int) -> DurablePublishBatch:
+        """The batch ``Producer.batch()`` publishes through (Kombu >= 5.7)."""
+        return DurablePublishBatch(self, max_size)
+
+    def publish_many(self, items: list[Pending]) -> None:
+        """A flushed batch: one pipeline to redis, or one write batch to the router."""
+        router = self.connection.router
+        reason = None
+        if router.sends_direct:
+            try:
+                self._send_now([(message, ex, rk) for message, _body, ex, rk in items])
+                return
+            except BROKER_DOWN as exc:
+                router.trip(exc)
+                reason = "broker down"
+        records = [self._record(message, body, ex, rk) for message, body, ex, rk in items]
+        router.accept_batch(records, reason, self.send_records)
+
+    def send_records(self, records: Sequence[SpillRecord]) -> None:
+        """Publish ``records`` to redis now, in one pipeline (raises BROKER_DOWN errors)."""
+        self._send_now([(prepare_message(self, r), r.exchange, r.routing_key) for r in records])
+
+    def _send_now(self, items: list[tuple[Any, str, str]]) -> None:
+        if can_push(self, {exchange for _, exchange, _ in items}):
+            push(self, items)
+            return
+        if not hasattr(kombu_redis, "PublishBatch"):  # kombu < 5.7: one at a time
+            for message, exchange, routing_key in items:
+                GuardedRedisChannel.basic_publish(self, message, exchange, routing_key)
+            return
+        batch = kombu_redis.PublishBatch(self, sys.maxsize)  # topic/fanout: Kombu routes
+        try:
+            for message, exchange, routing_key in items:
+                batch.publish(message, exchange=exchange, routing_key=routing_key)
+            batch.flush()
+        finally:
+            batch.close()
+
+    def _record(self, message: Any, body: Any, exchange: str, routing_key: str) -> SpillRecord:
         # What Kombu adds while routing (also after a failed attempt) is not ours to keep.
         properties = {k: v for k, v in message["properties"].items() if k not in _ADDED_BY_KOMBU}
-        record = SpillRecord(
+        return SpillRecord(
             body=body if isinstance(body, bytes) else str(body).encode("utf-8"),
             exchange=exchange or "",
             routing_key=routing_key or "",
@@ -198,8 +256,6 @@ class DurableRedisChannel(GuardedRedisChannel):
             properties=properties,
             declarations=self._declarations_for(exchange),
         )
-        spiller.accept(record, reason)
-        return None
 
     def respill(self, message: Any) -> None:
         """Put a message taken from redis back in line (redis died before Kombu kept a copy)."""
@@ -230,7 +286,7 @@ class DurableRedisChannel(GuardedRedisChannel):
             "it goes back in line through the spill store",
             record.routing_key,
         )
-        self.connection.spiller.spill(record, "redelivery")
+        self.connection.router.spill(record, "redelivery")
 
     def _declarations_for(self, exchange: str) -> list[dict[str, Any]]:
         """What the drainer must declare before routing to ``exchange`` (cached)."""
@@ -264,17 +320,17 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     # -- declarations never fail on a dead broker -----------------------------------
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        if self.connection.spiller.breaker.is_open:
+        if self.connection.router.breaker.is_open:
             return  # known down: the binding is in Kombu's state and in spilled records
         try:
             super()._queue_bind(exchange, routing_key, pattern, queue)
         except BROKER_DOWN as exc:
             # Kombu's in-memory state already has the binding; spilled records
             # carry it and the route guard rewrites it once redis is back.
-            self.connection.spiller.trip(exc)
+            self.connection.router.trip(exc)
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
-        if queue and not passive and self.connection.spiller.breaker.is_open:
+        if queue and not passive and self.connection.router.breaker.is_open:
             self._new_queue(queue, **kwargs)  # in-memory only for redis
             return queue_declare_ok_t(queue, 0, 0)
         try:
@@ -282,7 +338,7 @@ class DurableRedisChannel(GuardedRedisChannel):
         except BROKER_DOWN as exc:
             if passive or not queue:
                 raise
-            self.connection.spiller.trip(exc)
+            self.connection.router.trip(exc)
             return queue_declare_ok_t(queue, 0, 0)
 
     # -- consuming needs a live broker --------------------------------------------------
@@ -305,7 +361,7 @@ class DurableRedisChannel(GuardedRedisChannel):
         try:
             self._create_client().ping()
         except BROKER_DOWN:
-            time.sleep(max(1.0, self.connection.spiller.breaker.backoff()))
+            time.sleep(max(1.0, self.connection.router.breaker.backoff()))
             raise
         self.offline = False
 
@@ -314,14 +370,9 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
     """The transport behind ``durable+redis://`` and ``durable+rediss://``."""
 
     Channel = DurableRedisChannel
-
-    # Kombu's batch publish writes to redis after basic_publish has returned,
-    # where we can no longer spill; advertise none so Kombu publishes one by one.
-    implements = kombu_redis.Transport.implements.extend(batch_publish=False)
-
-    @property
-    def supports_batch_publish(self) -> bool:
-        return False
+    # Kombu >= 5.7 batches (``implements.batch_publish``, inherited) go through
+    # DurableRedisChannel.create_publish_batch: they spill like single publishes.
+    _router_cache: tuple[int, PublishRouter] | None = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         # The worker's consumer registers right after connecting; redis then
@@ -342,7 +393,6 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
         self._inner_options = inner_options
         self._spiller_key = ("redis", self.inner_url, options)
         super().__init__(client, **kwargs)
-        self.spiller  # noqa: B018 - adopt dead stores and start draining now, not on first publish
 
     @classmethod
     def address_of(cls, client: Any) -> Address:
@@ -390,11 +440,43 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
 
     @property
     def spiller(self) -> Spiller:
-        """This process's Spiller (a forked child gets its own, never its parent's)."""
+        """This process's Spiller (a forked child gets its own, never its parent's).
+
+        Created on first use, without side effects: its drainer starts (and
+        adopts dead processes' stores) on the first message that is not sent
+        directly, or on ``spiller.start()`` (worker and beat hooks).
+        """
         return get_spiller(self._spiller_key, self._new_spiller)
+
+    @property
+    def router(self) -> PublishRouter:
+        """This process's publish router for this broker (cached: it is on every publish)."""
+        pid = os.getpid()
+        cached = self._router_cache
+        if cached is not None and cached[0] == pid and not cached[1].closed:
+            return cached[1]
+        router = self.spiller.router
+        self._router_cache = (pid, router)
+        return router
 
     def _new_spiller(self) -> Spiller:
         forwarder = Forwarder(
             self.inner_url, self._inner_options, GuardedRedisTransport, self.options.publish_timeout
         )
-        return Spiller(self.inner_url, self.options, forwarder, BROKER_DOWN)
+        store_dir = self.options.spill_dir / broker_dir_name(self.inner_url)
+        return Spiller.create(
+            safe_url(self.inner_url), store_dir, self.options, forwarder, BROKER_DOWN
+        )
+
+
+def _connect_start_hooks() -> None:
+    # A worker or beat started without the ``celery`` command's plugins still
+    # imports this module before it is ready: adopt there too.
+    try:
+        from ..worker import connect_transport_hooks
+    except ImportError:  # pragma: no cover - celery is a dependency
+        return
+    connect_transport_hooks()
+
+
+_connect_start_hooks()

@@ -48,6 +48,7 @@ from redis import sentinel as redis_sentinel
 
 from ..exceptions import ConfigError
 from .forwarder import Forwarder
+from .naming import broker_dir_name, safe_url
 from .options import split_options
 from .redis import BROKER_DOWN, DurableRedisChannel, DurableRedisTransport, GuardedRedisChannel
 from .spiller import Spiller
@@ -331,4 +332,7 @@ class DurableSentinelTransport(DurableRedisTransport, kombu_redis.SentinelTransp
         forwarder = Forwarder(
             broker.url, inner_options, GuardedSentinelTransport, self.options.publish_timeout
         )
-        return Spiller(broker.identity, self.options, forwarder, BROKER_DOWN)
+        store_dir = self.options.spill_dir / broker_dir_name(broker.identity)
+        return Spiller.create(
+            safe_url(broker.identity), store_dir, self.options, forwarder, BROKER_DOWN
+        )

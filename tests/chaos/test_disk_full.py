@@ -83,7 +83,7 @@ def test_producer_on_a_full_disk_gets_spill_error_then_everything_drains(
         server.start()
         # The next process on this spill_dir adopts the store and drains all of it.
         with Connection(url, transport_options=options) as successor:
-            successor.transport.spiller  # noqa: B018 - adoption happens here
+            successor.transport.spiller.start()  # adoption happens here
             wait_for(lambda: server.client().llen("q") == accepted, timeout=60)
     finally:
         producer.release()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-import celery
 import pytest
+from celery import VERSION as CELERY_VERSION
 from celery import chain
 
 from celery_durable.dlq import open_store
@@ -42,7 +42,7 @@ def test_final_failures_only_prefork(tmp_path: Path, redis_server: RedisServer) 
             client.send_task("dlq.plain", args=(1,)),
         ]
         rejected = client.send_task("dlq.reject")
-        if celery.VERSION >= (5, 7):
+        if CELERY_VERSION >= (5, 7):
             # Celery 5.7 records a Reject(requeue=False) as FAILURE and sends
             # task_failure for it (which capture must ignore); before, it stays PENDING.
             negatives.append(rejected)

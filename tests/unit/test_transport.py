@@ -5,6 +5,10 @@ A closed loopback port is a real dead broker: nothing here is mocked.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +19,10 @@ from kombu.transport import redis as kombu_redis
 import celery_durable  # noqa: F401 - registers the alias
 from celery_durable.exceptions import ConfigError, SpillFull
 from celery_durable.spill import SpillStore
+from celery_durable.transport.naming import broker_dir_name
 from celery_durable.transport.options import split_options
 from celery_durable.transport.redis import DurableRedisTransport
-from celery_durable.transport.spiller import broker_dir_name, shutdown_all, spillers
+from celery_durable.transport.registry import shutdown_all, spillers
 from tests.helpers.redis_server import free_port
 
 
@@ -88,7 +93,7 @@ def test_publish_to_a_dead_broker_spills_fast_and_in_order(durable_dir: Path) ->
     assert time.monotonic() - started < 5
     (spiller,) = spillers()
     assert spiller.breaker.is_open and spiller.backlog() == 200
-    store = spiller._store
+    store = spiller.router.store
     assert store is not None
     bodies = [record.body for _, record in store.peek(500)]
     assert bodies == [f'{{"i": {i}}}'.encode() for i in range(200)]
@@ -111,18 +116,63 @@ def test_a_dead_processes_store_is_adopted(durable_dir: Path) -> None:
     conn = Connection(url)
     conn.Producer().publish({"x": 1}, routing_key="q")
     (spiller,) = spillers()
-    path = spiller._store.path  # type: ignore[union-attr]
-    # Simulate the owner dying: its LevelDB lock is released, the store stays.
-    spiller._stopping.set()
-    spiller._store.close()  # type: ignore[union-attr]
-    shutdown_all(0.0)
+    assert spiller.router.store is not None
+    path = spiller.router.store.path
+    shutdown_all(0.0)  # the owner exits with its backlog (broker down): the store stays
     with SpillStore(path) as store:
         assert len(store) == 1  # still there, and its lock is free
     conn2 = Connection(url)
-    assert conn2.transport.spiller.backlog() == 1  # adopted at start-up
+    assert conn2.transport.spiller.backlog() == 0  # building a transport adopts nothing
+    conn2.transport.spiller.start()  # the worker/beat hook, or a first spill
+    assert conn2.transport.spiller.backlog() == 1
 
 
 def test_broker_dir_name_is_safe_and_distinct() -> None:
     a = broker_dir_name("redis://:secret@host:6379/0")
     b = broker_dir_name("redis://host:6380/0")
     assert "secret" not in a and "/" not in a and a != b
+
+
+ONE_LINER = (
+    "import kombu, celery_durable; c = kombu.Connection('durable+redis://127.0.0.1:1/0'); "
+    "c.transport; import threading; print(threading.active_count())"
+)
+
+
+def test_building_a_transport_starts_no_thread_and_creates_no_directory(tmp_path: Path) -> None:
+    # The exact check of issue 9; before, it printed 2 and left spill/<broker>/ behind.
+    state = tmp_path / "state"
+    env = {**os.environ, "CELERY_DURABLE_DIR": str(state)}
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_LINER], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    assert not state.exists()
+
+
+def test_a_channel_on_a_dead_broker_starts_nothing_until_a_message_spills(
+    durable_dir: Path,
+) -> None:
+    before = threading.active_count()
+    conn = Connection(dead_url())
+    channel = conn.channel()  # pings: the breaker opens, nothing else happens
+    (spiller,) = spillers()
+    assert spiller.breaker.is_open and not spiller.drainer.started
+    assert threading.active_count() == before and not durable_dir.exists()
+    conn.Producer(channel).publish({"x": 1}, routing_key="q")
+    assert spiller.drainer.started and spiller.backlog() == 1
+    assert threading.active_count() == before + 1  # the drainer
+
+
+def test_a_drain_attempt_on_a_dead_broker_fails_at_once() -> None:
+    # Kombu's Connection.channel() retried once after sleeping 2 s: every drain
+    # attempt took 2 s, and a publisher waiting for room timed out on it.
+    from celery_durable.transport.forwarder import Forwarder
+    from celery_durable.transport.redis import BROKER_DOWN, GuardedRedisTransport
+
+    forwarder = Forwarder(f"redis://127.0.0.1:{free_port()}/0", {}, GuardedRedisTransport, 1.0)
+    started = time.monotonic()
+    with pytest.raises(BROKER_DOWN):
+        forwarder.ping()
+    assert time.monotonic() - started < 1.0

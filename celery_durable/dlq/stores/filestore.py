@@ -63,7 +63,7 @@ from urllib.parse import unquote, urlsplit
 
 from kombu.exceptions import ContentDisallowed
 
-from ... import metrics
+from ... import files, metrics
 from ...exceptions import ConfigError, CorruptRecord, DumpError
 from ..base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump
 from ..codec import Codec, crc32
@@ -172,7 +172,8 @@ class FileStore(DumpStore):
         self._counted: set[tuple[str, int]] = set()
         try:
             for d in (self.root, self.segments_dir, self.tmp_dir, self.deleted_dir):
-                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Parents too: dumps hold task arguments (mkdir's parents=True made them 0755).
+                files.private_dir(d, setting="durable_dlq_url", error=DumpError)
         except OSError as exc:
             raise DumpError(f"cannot create dump store {self.root}: {exc}") from exc
 
