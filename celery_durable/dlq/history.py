@@ -42,16 +42,23 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+def _iso(ts: Any) -> Any:
+    """``ts`` (POSIX time) as UTC ISO 8601; a time no calendar holds stays as it is,
+    because the history must never be why a dump cannot be restored."""
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError, TypeError):
+        return ts
+
+
 def history_entry(entry: DumpEntry, trigger: str, now: float) -> dict[str, Any]:
     """The record of restoring ``entry`` at ``now`` (a POSIX time)."""
     return {
-        "at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        "at": _iso(now),
         "restores": entry.restores + 1,
         "exc_type": _truncate(str(entry.exc_type), MAX_MESSAGE),
         "exc_message": _truncate(str(entry.exc_message), MAX_MESSAGE),
-        "failed_at": datetime.fromtimestamp(entry.failed_at, timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "failed_at": _iso(entry.failed_at),
         "host": _HOST,
         "by": trigger,
     }

@@ -56,6 +56,13 @@ def test_long_messages_are_truncated_and_malformed_history_is_dropped() -> None:
     assert restore_history([1, 2]) == []  # type: ignore[arg-type]
 
 
+def test_a_failure_time_no_calendar_holds_is_kept_as_is() -> None:
+    entry = make_entry("t-7", failed_at=9e12)  # year 287168: restore must not choke on it
+    [record] = append_history({}, entry, "beat", 0.0)
+    assert record["failed_at"] == 9e12
+    assert record["at"] == "1970-01-01T00:00:00+00:00"
+
+
 def test_build_message_appends_to_the_dumped_history() -> None:
     entry = make_entry("t-3", restores=1)
     entry.headers[HISTORY_HEADER] = [{"restores": 1, "by": "beat"}]
