@@ -20,6 +20,7 @@ from kombu.utils.json import dumps as json_dumps
 from kombu.utils.json import loads as json_loads
 
 from ..dlq import DumpEntry, DumpStore, QuarantinedDump, is_parked, store_for_app
+from ..dlq.history import restore_history
 from ..dlq.summary import DumpFilter
 from ..dlq.validate import entry_problem, split_valid
 from ..exceptions import DurableError
@@ -164,6 +165,8 @@ def show(ctx: click.Context, task_id: str, url: str | None) -> None:
     if entry is None:
         fail(f"no dump of task {task_id} in {store.url}")
     data = entry.to_dict()
+    # Also in data["headers"]; lifted out (well-formed entries only) so it is easy to find.
+    data["restore_history"] = restore_history(entry.headers)
     problem = entry_problem(entry)
     if problem is None:
         data["parked"] = is_parked(entry, _max_attempts(ctx))

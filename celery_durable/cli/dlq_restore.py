@@ -101,7 +101,7 @@ def restore_command(
     seen: set[str] = set()
     # Errors (a bad setting, the broker, the lock) are one line at the command boundary.
     options = RestoreOptions.from_app(
-        app, batch=None, ignore_backoff=True, include_parked=True, force=force
+        app, batch=None, ignore_backoff=True, include_parked=True, force=force, trigger="cli"
     )
     store = open_cli_store(ctx, url)
     try:

@@ -1,7 +1,8 @@
 """Rebuild the original Celery message from a dump entry.
 
 A restore republishes the task as it was first sent (Celery message protocol 2):
-same task id, the dumped headers with ``x-durable-restores`` incremented, body
+same task id, the dumped headers with ``x-durable-restores`` incremented and one
+entry appended to ``x-durable-restore-history`` (:mod:`celery_durable.dlq.history`), body
 ``(args, kwargs, embed)``, the original properties, exchange and routing key.
 The capture side reads ``x-durable-restores`` back when the task fails again, so
 the count survives any number of round trips.
@@ -9,10 +10,12 @@ the count survives any number of round trips.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..dlq.base import DumpEntry
+from ..dlq.history import append_history
 
 __all__ = ["RESTORES_HEADER", "Republish", "build_message", "target_queue"]
 
@@ -62,13 +65,19 @@ def target_queue(exchange: str, routing_key: str, delivery_info: dict[str, Any],
     return routing_key
 
 
-def build_message(entry: DumpEntry, app: Any = None) -> Republish:
-    """The protocol-2 message for ``entry``, with the restore count incremented."""
+def build_message(
+    entry: DumpEntry, app: Any = None, trigger: str = "beat", now: float | None = None
+) -> Republish:
+    """The protocol-2 message for ``entry``, with the restore count incremented.
+
+    ``trigger`` (``beat``, ``cli`` or ``console``) is recorded in the restore history.
+    """
     headers = dict(entry.headers)
     headers.setdefault("lang", "py")
     headers["id"] = entry.task_id
     headers["task"] = entry.task_name
     headers[RESTORES_HEADER] = entry.restores + 1
+    append_history(headers, entry, trigger, time.time() if now is None else now)
     properties = {
         k: entry.properties[k] for k in _KEPT_PROPERTIES if entry.properties.get(k) is not None
     }

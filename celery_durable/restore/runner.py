@@ -74,6 +74,9 @@ class RestoreOptions:
     include_parked: bool = False
     #: ``dlq restore --force``: no rate control.
     force: bool = False
+    #: What started the run, recorded in each message's restore history:
+    #: ``beat`` (the schedule), ``cli`` (``dlq restore``) or ``console``.
+    trigger: str = "beat"
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> RestoreOptions:
@@ -228,7 +231,7 @@ def _plan(
             report.lag = max(report.lag, now - entry.failed_at)
             break
         try:
-            message = build_message(entry, app)
+            message = build_message(entry, app, opts.trigger, now)
         except Exception as exc:  # well-typed but still not a message we can build
             _quarantine(entry, f"cannot build its message: {_describe(exc)}", report)
             continue

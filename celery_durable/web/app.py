@@ -34,6 +34,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from ..dlq.base import DumpStore
+from ..dlq.history import restore_history
 from ..dlq.summary import AGES, DumpFilter, DumpSummary, fetch, summaries, summarize
 from ..dlq.unpark import unpark
 from ..settings import durable_settings
@@ -206,6 +207,7 @@ class Console:
             e=entry,
             parked=summarize(entry).restores >= self.max_attempts,
             max_attempts=self.max_attempts,
+            history=restore_history(entry.headers),
         )
 
     def export(self, request: Request) -> Response:

@@ -92,7 +92,12 @@ class RestoreJob:
             # these dumps, so backoff and parking do not hold them back; the queue
             # rate control and durable_restore_rate do.
             options = RestoreOptions.from_app(
-                app, batch=None, ignore_backoff=True, include_parked=True, rate=rate
+                app,
+                batch=None,
+                ignore_backoff=True,
+                include_parked=True,
+                rate=rate,
+                trigger="console",
             )
             store = _Counting(open_store(), self)
             try:

@@ -62,6 +62,14 @@ def always_fails(self: Any) -> None:
     raise RuntimeError("always fails")
 
 
+@dead_letter
+@app.task(name="restore_app.fails_by_round", bind=True)
+def fails_by_round(self: Any) -> None:
+    """Fails with a message naming how many restores it had, so each failure differs."""
+    restores = (self.request.headers or {}).get("x-durable-restores", 0)
+    raise KeyError(f"failed after {restores} restores")
+
+
 @app.task(name="restore_app.noop")
 def noop() -> None:
     """Filler that keeps a queue long."""

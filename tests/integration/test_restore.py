@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from celery_durable.dlq.base import DumpEntry
+from celery_durable.dlq.history import HISTORY_HEADER
 
 from .restore_support import RestoreHarness, flaky_dump
 
@@ -164,3 +169,37 @@ def test_cli_restore_dry_run_ids_rate_control_and_force(h: RestoreHarness) -> No
     rc, out = h.cli("dlq", "restore", "no-such-id")
     assert rc == 1
     assert out.strip().splitlines()[-1] == "Error: dlq restore: no dump for task id(s) no-such-id"
+
+
+def test_restore_history_travels_with_the_task_through_a_second_failure(
+    h: RestoreHarness,
+) -> None:
+    h.worker("w1@%h", "work")
+    [tid] = h.send("restore_app.fails_by_round", 1)
+    h.wait(lambda: [e.task_id for e in h.dumps()] == [tid], 60, "the first dump")
+    [first] = h.dumps()
+    assert first.restores == 0 and HISTORY_HEADER not in first.headers
+    assert first.exc_message == "'failed after 0 restores'"
+
+    rc, out = h.cli("dlq", "restore", tid)
+    assert rc == 0, out
+    assert "restored 1 dump(s)" in out
+
+    def second() -> list[DumpEntry]:
+        return [e for e in h.dumps() if e.task_id == tid and e.restores == 1]
+
+    [dump] = h.wait(second, 60, "the restored task to fail and be dumped again")
+    assert dump.exc_message == "'failed after 1 restores'"
+    [record] = dump.headers[HISTORY_HEADER]
+    assert record["restores"] == 1
+    assert record["by"] == "cli" and record["host"] == socket.gethostname()
+    assert record["exc_type"] == "KeyError"
+    assert record["exc_message"] == "'failed after 0 restores'"  # the first failure
+    restored_at = datetime.fromisoformat(record["at"])
+    assert restored_at.utcoffset() == timedelta(0)
+    assert abs(restored_at.timestamp() - time.time()) < 300
+
+    rc, out = h.cli("dlq", "show", tid)
+    assert rc == 0, out
+    shown = json.loads(out[out.index("{") :])
+    assert shown["restore_history"] == [record]
