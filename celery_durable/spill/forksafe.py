@@ -3,9 +3,11 @@
 LevelDB's default Env starts one background thread per process, the first
 time a database flushes its memtable or compacts, and remembers that in a
 process-global flag.  After ``fork()`` the child inherits the flag but not the
-thread: in a child of a process whose LevelDB did background work, the first
-memtable switch (``write_buffer_size``, 4 MB by default) or scheduled
-compaction of *any* database waits for ever, and so does closing it.
+thread: in a child of a process whose LevelDB did background work, the flush
+that *any* database's first memtable switch (``write_buffer_size``, 4 MB by
+default) schedules never runs, so the next switch (~8 MB written since open)
+waits for ever, and so does closing the database (measured:
+``tests/chaos/test_spill_fork.py``, ``tests/integration/test_prefork_fork_safety.py``).
 
 This module tracks, conservatively, whether this process's LevelDB may have
 started that thread (:func:`mark`: a store opened with existing data, more than
