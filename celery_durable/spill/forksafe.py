@@ -11,12 +11,13 @@ waits for ever, and so does closing the database (measured:
 
 This module tracks, conservatively, whether this process's LevelDB may have
 started that thread (:func:`mark`: a store opened with existing data, more than
-:data:`DEFAULT_WRITE_BUFFER` bytes written to one store, an ack or a
-compaction), and marks a child forked after that as *tainted*
-(``os.register_at_fork``).  In a tainted process the spill store never lets
-LevelDB do background work: new stores get a write buffer large enough that the
-memtable never switches (:func:`write_buffer_for`; it costs memory up to the
-bytes written to the store), and stores with existing data are not adopted
+half of :data:`DEFAULT_WRITE_BUFFER` written to one store since it was opened,
+counting a reserve for each record's tombstone and meta, or a compaction), and
+marks a child forked after that as *tainted* (``os.register_at_fork``).  In a
+tainted process the spill store never lets LevelDB do background work: new
+stores get a write buffer large enough that the memtable never switches
+(:func:`write_buffer_for`; it costs memory up to the bytes written to the
+store), and stores with existing data are not adopted
 (:func:`tainted`: the drainer leaves them to an untainted process).
 
 The right fix is to keep LevelDB out of processes that fork (the prefork main
@@ -46,8 +47,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_WRITE_BUFFER = 4 << 20
 #: LevelDB clamps ``write_buffer_size`` to at most 1 GiB.
 MAX_WRITE_BUFFER = 1 << 30
-#: Arena blocks waste up to a quarter, skiplist nodes and tombstones add more:
-#: a tainted store's accounted bytes stay below half its write buffer.
+#: Arena blocks waste up to a quarter, skiplist nodes add more: a store's
+#: accounted bytes are kept below (tainted) or marked at (untainted) half its
+#: write buffer.  Deletes alone never mark: in a store opened empty that never
+#: flushed there is no table a compaction could work on, so acknowledging a
+#: prefork main process's own spills does not taint every later child.
 HEADROOM = 2
 
 #: Why this process's LevelDB may have started its background thread (None: it has not).

@@ -316,8 +316,8 @@ class SpillStore:
                     f"({forksafe.cause()}) where a store takes at most {budget} bytes "
                     "before it is drained and replaced (LevelDB must never flush here)"
                 )
-        elif written > forksafe.DEFAULT_WRITE_BUFFER:
-            forksafe.mark(f"more than {forksafe.DEFAULT_WRITE_BUFFER} bytes written to {self.path}")
+        elif written > forksafe.DEFAULT_WRITE_BUFFER // forksafe.HEADROOM:
+            forksafe.mark(f"{written} bytes written to {self.path} (its memtable may switch)")
         self._written = written
 
     @property
@@ -370,9 +370,8 @@ class SpillStore:
 
     def _quarantine(self, bad: list[tuple[bytes, bytes, Exception]]) -> None:
         state = self._state
-        if self.write_budget is None:
-            forksafe.mark(f"records deleted from {self.path}")
         with self._lock:
+            self._account(sum(len(v) + WRITE_COST for _k, v, _e in bad))
             after = replace(
                 state,
                 quarantined=state.quarantined + len(bad),
@@ -446,8 +445,9 @@ class SpillStore:
                 upto_seq = min(upto_seq, state.next_seq - 1)
             if upto_seq <= state.acked:
                 return
-            if self.write_budget is None:  # a tainted store reserved room for this
-                forksafe.mark(f"records deleted from {self.path}")
+            # No accounting: each record's WRITE_COST reserved its tombstone
+            # and the meta, and deletes in a store that never flushed cannot
+            # start a compaction (there is no table to compact).
             keys: list[bytes] = []
             freed = 0
             try:

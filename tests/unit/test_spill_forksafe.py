@@ -52,9 +52,11 @@ def test_an_untainted_store_has_no_budget_and_marks_the_process(
     monkeypatch.setattr(forksafe, "_started", None)
     with SpillStore(tmp_path / "s") as store:
         assert store.write_budget is None
-        store.extend([record(100_000)] * 30)  # 3 MB: the memtable has not switched
+        store.extend([record(100_000)] * 15)  # 1.5 MB, drained: nothing flushed
+        items = store.peek(100)
+        store.ack(items[-1][0])
         assert forksafe._started is None
-        store.extend([record(100_000)] * 20)  # 5 MB: it may have
+        store.extend([record(100_000)] * 10)  # 2.5 MB since open: it may switch soon
         assert forksafe._started is not None and "bytes written to" in forksafe._started
     monkeypatch.setattr(forksafe, "_started", None)
     with SpillStore(tmp_path / "s") as store:  # existing data: LevelDB recovers its log
