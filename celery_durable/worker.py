@@ -30,11 +30,24 @@ and keeps looking for new ones, although this process may never publish.
 Building a transport has no side effects, so without these hooks only a
 process that spills would adopt.  ``worker_ready`` rather than ``worker_init``:
 the drainer is a thread, and the prefork pool forks its children before it.
+
+**Not in the main process of a forking (prefork) pool.**  LevelDB is not
+fork-safe (:mod:`celery_durable.spill.forksafe`): once a process's LevelDB has
+flushed or compacted, a child forked from it hangs at its own first memtable
+switch.  The prefork main process forks children all its life (one replaced
+after ``max_tasks_per_child``, a crash, autoscale), so it never opens a spill
+store: each pool child starts the drainer at ``worker_process_init`` instead
+(children never fork, and LevelDB's lock lets exactly one child adopt a given
+store).  Pool children rather than a separate spawned process: they already
+exist, are supervised and replaced by the pool, and need no process of our
+own to start, watch and stop.  Solo, threads, gevent and eventlet workers and
+beat (its own process, or ``worker -B``'s beat process) adopt in-process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -52,6 +65,11 @@ logger = logging.getLogger(__name__)
 
 #: The app whose worker this process belongs to (pool children inherit it).
 _worker_app: Any = None
+
+#: pid of a worker main process whose pool forks, and its app: that process
+#: never starts the drainer, its pool children do (see the module docstring).
+_forking_main_pid: int | None = None
+_forking_app: Any = None
 
 _exporter_started = False
 _exporter_lock = threading.Lock()
@@ -111,9 +129,37 @@ def _check(app: Any) -> None:
     factory_for(settings["durable_dlq_url"] or default_url())
 
 
+def _pool_forks(pool_cls: Any) -> bool:
+    """True if ``pool_cls`` (a name, alias or class) forks its pool processes."""
+    if pool_cls is None:
+        return False
+    try:
+        from celery.concurrency import get_implementation
+        from celery.concurrency.prefork import TaskPool
+
+        cls = get_implementation(pool_cls)
+        return isinstance(cls, type) and issubclass(cls, TaskPool)
+    except Exception:  # an unknown pool is not ours to judge: Celery reports it
+        return False
+
+
 def _on_worker_process_init(**_: Any) -> None:
     if _worker_app is not None:
         _adopt(_worker_app)
+
+
+def _note_pool(sender: Any = None, **_: Any) -> None:
+    """``worker_init``: remember a main process whose pool forks (it must not adopt)."""
+    global _forking_main_pid, _forking_app
+    app = getattr(sender, "app", None)
+    if app is not None and _pool_forks(getattr(sender, "pool_cls", None)):
+        _forking_main_pid, _forking_app = os.getpid(), app
+
+
+def _on_pool_child(**_: Any) -> None:
+    """``worker_process_init``: a prefork child starts the drainer the main process may not."""
+    if _forking_app is not None and os.getpid() != _forking_main_pid:
+        start_durable_transport(_forking_app)
 
 
 def _adopt(app: Any) -> None:
@@ -151,14 +197,25 @@ def start_durable_transport(app: Any) -> bool:
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
-    if app is not None:
-        start_durable_transport(app)
+    if app is None:
+        return
+    if os.getpid() == _forking_main_pid:
+        logger.info(
+            "celery-durable: the prefork pool's children adopt spill stores, not the main "
+            "process (LevelDB is not fork-safe)"
+        )
+        return
+    start_durable_transport(app)
 
 
 def connect_transport_hooks() -> None:
     """Start the durable drainer when a worker is ready and when beat starts (idempotent)."""
     from celery import signals
 
+    signals.worker_init.connect(_note_pool, weak=False, dispatch_uid="celery_durable.transport")
+    signals.worker_process_init.connect(
+        _on_pool_child, weak=False, dispatch_uid="celery_durable.transport.child"
+    )
     signals.worker_ready.connect(_on_ready, weak=False, dispatch_uid="celery_durable.transport")
     signals.beat_init.connect(_on_ready, weak=False, dispatch_uid="celery_durable.transport")
 

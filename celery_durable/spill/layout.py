@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import plyvel
 
 from ..exceptions import SpillError, StoreDamaged, StoreLocked
+from . import forksafe
 
 if TYPE_CHECKING:
     from .store import SpillStore
@@ -119,7 +120,7 @@ def has_data_files(path: Path) -> bool:
         return False
 
 
-def open_db(path: Path, *, create: bool) -> plyvel.DB:
+def open_db(path: Path, *, create: bool, write_buffer_size: int | None = None) -> plyvel.DB:
     """Open the LevelDB at ``path``.
 
     Raises :class:`StoreLocked` (a live process has it), :class:`StoreDamaged`
@@ -129,10 +130,15 @@ def open_db(path: Path, *, create: bool) -> plyvel.DB:
     ``create`` never applies to a directory that already holds data: LevelDB
     would start a new database there and delete the old tables as obsolete.
     """
-    if create and not (path / "CURRENT").exists() and has_data_files(path):
+    existing = has_data_files(path)
+    if create and not (path / "CURRENT").exists() and existing:
         create = False
+    if existing:
+        # Recovering a log writes a table and may schedule a compaction.
+        forksafe.mark(f"opened spill store {path} with existing data")
+    extra = {} if write_buffer_size is None else {"write_buffer_size": write_buffer_size}
     try:
-        db = plyvel.DB(str(path), create_if_missing=create)
+        db = plyvel.DB(str(path), create_if_missing=create, **extra)
     except plyvel.Error as exc:
         if is_lock_error(exc):
             raise StoreLocked(f"spill store {path} is in use by a live process: {exc}") from exc

@@ -25,6 +25,10 @@ Invariants (each one is tested):
   counted in the persistent ``lost`` counter, logged and exported; a store with
   ``lost > 0`` or a read error is not :attr:`~SpillStore.is_intact`, and
   :meth:`~SpillStore.destroy` moves it to ``quarantine/`` instead of deleting it.
+* **Fork-safe.** LevelDB is not (:mod:`.forksafe`): what may start its
+  background thread is reported to :func:`.forksafe.mark`, and in a child
+  forked after that (*tainted*) a store never lets LevelDB flush or compact: its
+  write buffer holds everything written to it (:attr:`~SpillStore.write_budget`).
 * **Owner only.** The store directory is ``0700`` and its files ``0600``
   (:mod:`celery_durable.files`): spilled messages carry task arguments.
 """
@@ -51,6 +55,7 @@ from ..exceptions import (
     VersionMismatch,
 )
 from ..files import private_dir, private_files
+from . import forksafe
 from .check import CheckReport, check
 from .directory import quarantine_store
 from .layout import (
@@ -80,6 +85,10 @@ __all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreDamaged", "StoreLock
 logger = logging.getLogger(__name__)
 
 SYNC_MODES = ("none", "interval", "always")
+#: Bytes accounted per record beyond its encoded size: its key, LevelDB's
+#: entry and skiplist overhead, and a reserve for its tombstone and the meta
+#: written when it is acknowledged (a tainted store must never overflow its memtable).
+WRITE_COST = 256
 
 
 class SpillStore:
@@ -123,11 +132,25 @@ class SpillStore:
         self._syncer: threading.Thread | None = None
         self._damage: str | None = None  # why the store is not intact (read errors)
         self._key = self.path.resolve()
+        # Bytes written to LevelDB since open (puts, and a reserve for each
+        # record's tombstone), for the fork-safety accounting (:mod:`.forksafe`).
+        self._written = 0
+        #: In a tainted process: the bytes that may be written to this store
+        #: before LevelDB would switch memtables (None: no limit, not tainted).
+        self.write_budget: int | None = None
+        write_buffer = None
+        if forksafe.tainted():
+            write_buffer = forksafe.write_buffer_for(max_bytes)
+            self.write_budget = write_buffer // forksafe.HEADROOM
+            forksafe.warn_once(
+                f"spill stores get a {write_buffer}-byte write buffer and accept at most "
+                f"{self.write_budget} bytes each until drained"
+            )
         with open_lock:
             if self._key in open_stores:
                 raise StoreLocked(f"spill store {self.path} is already open in this process")
             private_dir(self.path, setting="spill_dir", error=SpillError, tighten=True)
-            self._db = open_db(self.path, create=True)
+            self._db = open_db(self.path, create=True, write_buffer_size=write_buffer)
             open_stores[self._key] = self
             self._closed = False
         private_files(self.path)
@@ -226,6 +249,7 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path} is closed")
             if state.appended - state.removed_bytes + size > self.max_bytes:
                 raise self._full(size)
+            self._account(size + WRITE_COST)
             seq = state.next_seq
             cum = state.appended + size
             try:
@@ -260,6 +284,7 @@ class SpillStore:
                 return state.next_seq - 1
             if state.nbytes + size > self.max_bytes:
                 raise self._full(size)
+            self._account(size + WRITE_COST * len(values))
             first = state.next_seq
             cum = state.appended
             was_empty = state.records == 0
@@ -279,6 +304,26 @@ class SpillStore:
             self._dirty = True
             self._wake.set()
         return first + len(values) - 1
+
+    def _account(self, cost: int) -> None:
+        """Count ``cost`` bytes about to be written (under ``_lock``); SpillFull past the budget."""
+        written = self._written + cost
+        budget = self.write_budget
+        if budget is not None:
+            if written > budget:
+                raise SpillFull(
+                    f"spill store {self.path} is full: this process is a fork-tainted child "
+                    f"({forksafe.cause()}) where a store takes at most {budget} bytes "
+                    "before it is drained and replaced (LevelDB must never flush here)"
+                )
+        elif written > forksafe.DEFAULT_WRITE_BUFFER // forksafe.HEADROOM:
+            forksafe.mark(f"{written} bytes written to {self.path} (its memtable may switch)")
+        self._written = written
+
+    @property
+    def spent(self) -> bool:
+        """True if anything was written since open (a tainted store is replaced when empty)."""
+        return self._written > 0
 
     def _full(self, size: int) -> SpillFull:
         return SpillFull(
@@ -326,6 +371,7 @@ class SpillStore:
     def _quarantine(self, bad: list[tuple[bytes, bytes, Exception]]) -> None:
         state = self._state
         with self._lock:
+            self._account(sum(len(v) + WRITE_COST for _k, v, _e in bad))
             after = replace(
                 state,
                 quarantined=state.quarantined + len(bad),
@@ -399,6 +445,9 @@ class SpillStore:
                 upto_seq = min(upto_seq, state.next_seq - 1)
             if upto_seq <= state.acked:
                 return
+            # No accounting: each record's WRITE_COST reserved its tombstone
+            # and the meta, and deletes in a store that never flushed cannot
+            # start a compaction (there is no table to compact).
             keys: list[bytes] = []
             freed = 0
             try:
@@ -436,6 +485,9 @@ class SpillStore:
         ``["", ""]``, i.e. nothing (measured: 5.4 MB of tombstoned tables stayed).
         """
         self._check_open()
+        if self.write_budget is not None:
+            return  # a tainted store: compacting would wait for ever (and nothing is on disk)
+        forksafe.mark(f"compacted {self.path}")
         try:
             self._db.compact_range(start=b"\x00", stop=b"\xff")
         except plyvel.Error as exc:
@@ -534,6 +586,18 @@ class SpillStore:
             return False
         shutil.rmtree(self.path, ignore_errors=True)
         return True
+
+    def set_aside(self, reason: str) -> Path:
+        """Close the store and move it to ``quarantine/`` (never deleted); return where.
+
+        For a store that raised :class:`StoreDamaged` while in use: whatever
+        :meth:`destroy` would find at its head, it is not drained here again.
+        """
+        if self._damage is None:
+            self._damage = reason
+        damage = self.damage or reason
+        self.close()
+        return quarantine_store(self.path, damage)
 
     def __enter__(self) -> SpillStore:
         return self

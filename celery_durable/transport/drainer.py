@@ -25,8 +25,8 @@ import threading
 import time
 
 from .. import metrics
-from ..exceptions import SpillError
-from ..spill import SpillStore, StoreLocked, find_orphans
+from ..exceptions import SpillError, StoreDamaged
+from ..spill import SpillStore, StoreLocked, find_orphans, forksafe, quarantine_store
 from .forwarder import ForwardsBatches
 from .router import PublishRouter
 
@@ -113,13 +113,27 @@ class Drainer:
 
     # -- adoption ------------------------------------------------------------------
     def adopt_orphans(self) -> None:
-        """Open every store under the router's directory whose owner is dead."""
+        """Open every store under the router's directory whose owner is dead.
+
+        Not in a fork-tainted process (:mod:`celery_durable.spill.forksafe`):
+        opening a store with data could make LevelDB wait for ever there; an
+        untainted process (the next pool child, a producer, the CLI) adopts them.
+        """
         self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL
+        if forksafe.tainted():
+            forksafe.warn_once("stores of dead processes are not adopted")
+            return
         for path in find_orphans(self.router.store_dir):
             try:
                 store = SpillStore(path, max_bytes=self.options.spill_max_bytes)
             except StoreLocked:
                 continue  # another live process adopted it first
+            except StoreDamaged as exc:
+                try:
+                    quarantine_store(path, str(exc))
+                except SpillError as move:
+                    logger.error("celery-durable: %s; %s", exc, move)
+                continue
             except SpillError as exc:
                 logger.error("celery-durable: cannot adopt spill store %s: %s", path, exc)
                 continue
@@ -194,12 +208,28 @@ class Drainer:
         while self._adopted:
             store = self._adopted[0]
             if len(store):
-                return self._forward_store(store)
+                try:
+                    return self._forward_store(store)
+                except StoreDamaged as exc:
+                    # Everything before the unreadable data is at the broker:
+                    # set the store aside and go on with the stores behind it.
+                    logger.error("celery-durable: adopted spill store set aside: %s", exc)
+                    self._adopted.pop(0)
+                    store.set_aside(str(exc))
+                    continue
             self._adopted.pop(0)
             store.destroy()
         own = router.store
         if own is not None and len(own):
-            moved = self._forward_store(own)
+            try:
+                moved = self._forward_store(own)
+            except StoreDamaged as exc:
+                # Its readable head went to the broker; the rest is unreadable:
+                # set it aside, and the next spill opens a fresh store.
+                logger.error("celery-durable: own spill store set aside: %s", exc)
+                router.set_aside(own, str(exc))
+                router.leave_disk_mode()
+                return 0
             router.leave_disk_mode()  # if that emptied it
             return moved
         if self.breaker.is_open:

@@ -363,12 +363,29 @@ class PublishRouter:
         _spilled(reason).inc(len(records))
 
     def leave_disk_mode(self) -> None:
-        """Publish directly (or buffer) again if the store is empty; never in wal mode."""
-        if self.mode == "wal":
-            return
+        """Publish directly (or buffer) again if the store is empty; never in wal mode.
+
+        In a fork-tainted process (:mod:`celery_durable.spill.forksafe`) an emptied
+        store is also replaced: its write buffer only grows until it is closed.
+        """
         with self.lock:
-            if self._store is None or not len(self._store):
+            store = self._store
+            tainted = store is not None and store.write_budget is not None
+            if store is not None and tainted and store.spent and not len(store):
+                self._store = None
+                store.destroy()
+            if self.mode != "wal" and (self._store is None or not len(self._store)):
                 self.disk_mode = False
+
+    def set_aside(self, store: SpillStore, reason: str) -> None:
+        """Quarantine the damaged own ``store``; the next spill opens a fresh one.
+
+        Raises SpillError if it cannot be moved aside (it is dropped all the same).
+        """
+        with self.lock:
+            if store is self._store:
+                self._store = None
+        store.set_aside(reason)
 
     def attempted(self, ok: bool) -> None:
         """The drainer tried the broker (``ok``: it answered); wakes publishers waiting for room."""

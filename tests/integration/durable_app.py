@@ -63,3 +63,25 @@ def spawn(name: str, count: int) -> None:
     for seq in range(count):
         record.delay(f"{name}-{os.getpid()}", seq)
     results().rpush("spawned", f"{name}:{os.getpid()}")
+
+
+@app.task(name="durable_app.sink", ignore_result=True)
+def sink(producer: str, seq: int, pad: str) -> None:
+    """A padded subtask: only its arrival in the broker counts (nobody consumes it)."""
+
+
+@app.task(name="durable_app.spawn_big", ignore_result=True)
+def spawn_big(name: str, count: int, size: int) -> None:
+    """Say it started, wait for "go" (the broker is down by then), publish padded subtasks.
+
+    ``count`` x ``size`` bytes go to the ``burst`` queue: more than LevelDB's
+    4 MB write buffer spills in this (pool child) process.
+    """
+    results().rpush("started", f"{name}:{os.getpid()}")
+    deadline = time.monotonic() + 60
+    while not results().exists("go") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pad = "x" * size
+    for seq in range(count):
+        sink.apply_async((f"{name}-{os.getpid()}", seq, pad), queue="burst")
+    results().rpush("spawned", f"{name}:{os.getpid()}")
