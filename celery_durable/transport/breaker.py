@@ -40,7 +40,7 @@ class Breaker:
             logger.warning(
                 "celery-durable: broker %s unreachable (%s: %s); publishes spill to disk "
                 "until it is back",
-                self.name, type(exc).__name__, exc,
+                self.name, type(exc).__name__, _short(exc),
             )  # fmt: skip
 
     def reset(self) -> None:
@@ -57,3 +57,10 @@ class Breaker:
         """Seconds to wait before the next attempt: exponential, capped, full jitter."""
         ceiling = min(self.cap, self.base * (2 ** min(self._failures, 16)))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """The exception's text on one line, cut: redis-py's Sentinel errors embed a
+    full client repr per Sentinel (several KB)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

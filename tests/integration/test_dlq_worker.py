@@ -294,5 +294,5 @@ def test_unknown_dlq_url_scheme_stops_the_worker_with_one_line(
     assert "ready." not in out and "Traceback" not in out, out[-3000:]
     assert [line for line in out.splitlines() if "nope" in line] == [
         "celery-durable: configuration error: durable_dlq_url 'nope://somewhere/dlq': "
-        "unknown scheme 'nope'; registered: file, redis, rediss, unix"
+        "unknown scheme 'nope'; registered: file, redis, redis+sentinel, rediss, unix"
     ], out[-3000:]

@@ -164,10 +164,15 @@ def test_all_sentinels_down_is_an_outage(ha: SentinelSetup, mode: str) -> None:
         ha.sentinel.stop_sentinel(i)
     p = ha.producer("no-sentinel", 500, options={"publish_timeout": 0.5})
     assert p.wait(120) == 0, p.output()[-2000:]  # never hangs, never raises
+    # One refused connection per Sentinel, no retry backoff (redis-py's default
+    # made the first publish take 9-12 s here).
+    worst = float(p.output().split("max-latency ")[1].split()[0])
+    assert worst <= 3 * 0.5 + 1.5, p.output()[-2000:]
     if mode == "direct":  # buffered/wal never try the network from the publisher
         assert TRIPPED in p.output()
     # The producer exited with its backlog on disk; the worker adopts and drains it.
-    assert not ha.arrivals()
+    # (No "nothing arrived yet" check here: the master itself is up, so a drainer
+    # connection the worker opened before the Sentinels stopped may already deliver.)
     for i in range(3):
         ha.sentinel.start_sentinel(i)
     ha.wait_arrived({("no-sentinel", seq) for seq in range(500)}, timeout=180)
