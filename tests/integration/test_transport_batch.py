@@ -64,7 +64,7 @@ def test_a_healthy_batch_is_one_pipeline(broker: RedisServer) -> None:
                 producer.publish({"n": n}, routing_key="q")
         assert queued(broker) == list(range(200))
         assert lpush_calls(broker) == before + 1  # one multi-value LPUSH
-        assert not spillers()[0].drainer.started  # nothing spilled, nothing started
+        assert not conn.transport.spiller.drainer.started  # nothing spilled, nothing started
 
 
 def test_redis_killed_between_first_publish_and_flush(broker: RedisServer) -> None:
