@@ -50,6 +50,7 @@ from __future__ import annotations
 from typing import Any
 
 from kombu.transport import base
+from kombu.transport import pyamqp as kombu_pyamqp
 from kombu.transport import redis as kombu_redis
 
 from ..exceptions import ConfigError
@@ -57,7 +58,13 @@ from .options import split_options
 
 __all__ = ["Transport"]
 
-_INNER = {"redis": "redis", "rediss": "redis"}
+_INNER = {
+    "redis": "redis",
+    "rediss": "redis",
+    "amqp": "amqp",
+    "pyamqp": "amqp",
+    "amqps": "amqp",
+}  # fmt: skip  (durable+amqp: h8)
 
 
 def _inner_url(client: Any) -> str:
@@ -82,18 +89,31 @@ class Transport(base.Transport):
     default_port = kombu_redis.DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "redis"
     driver_name = "redis"
-    connection_errors = kombu_redis.Transport.connection_errors
-    channel_errors = kombu_redis.Transport.channel_errors
+    # -- durable+amqp (h8): Kombu reads error classes from this alias class, for
+    # every inner broker; until each scheme resolves to its own class, they are
+    # the union of the redis and py-amqp transports'.
+    connection_errors = (
+        kombu_redis.Transport.connection_errors + kombu_pyamqp.Transport.connection_errors
+    )
+    channel_errors = kombu_redis.Transport.channel_errors + kombu_pyamqp.Transport.channel_errors
 
     def __new__(cls, client: Any, **kwargs: Any) -> Any:
         url = _inner_url(client)
         scheme = url.split("://", 1)[0]
-        if _INNER.get(scheme) != "redis":
+        if _INNER.get(scheme) not in ("redis", "amqp"):
             raise ConfigError(
                 f"durable transport: unsupported inner broker {scheme!r} in {scheme}://...; "
-                "supported: durable+redis://, durable+rediss://"
+                "supported: durable+redis://, durable+rediss://, durable+amqp://, "
+                "durable+pyamqp://, durable+amqps://"
             )
         options, inner_options = split_options(client.transport_options)
+        if _INNER[scheme] == "amqp":  # durable+amqp (h8)
+            from .amqp import DurableAmqpTransport
+
+            return DurableAmqpTransport(
+                client, inner_url=url, options=options, inner_options=inner_options, **kwargs
+            )
+        # -- end durable+amqp
         from .redis import DurableRedisTransport
 
         return DurableRedisTransport(
