@@ -34,6 +34,7 @@ class DeclarationLog:
         self._lock = threading.Lock()
         self._order: dict[str, dict[str, Any]] = {}  # key -> declaration, insertion order
         self._cache: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._exclusive: set[str] = set()
 
     def note(self, decl: dict[str, Any]) -> None:
         key = _key(decl)
@@ -54,6 +55,8 @@ class DeclarationLog:
     def queue_declare(self, queue: str, durable: bool, exclusive: bool, auto_delete: bool,
                       arguments: dict[str, Any] | None) -> None:  # fmt: skip
         if not queue or exclusive:
+            if queue:
+                self._exclusive.add(queue)  # nor its bindings
             return
         self.note({"op": "queue_declare", "queue": queue, "durable": bool(durable),
                    "exclusive": False, "auto_delete": bool(auto_delete),
@@ -61,7 +64,7 @@ class DeclarationLog:
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str,
                    arguments: dict[str, Any] | None) -> None:  # fmt: skip
-        if not queue or not exchange:
+        if not queue or not exchange or queue in self._exclusive:
             return
         self.note({"op": "queue_bind", "queue": queue, "exchange": exchange,
                    "routing_key": routing_key, "arguments": dict(arguments or {})})  # fmt: skip

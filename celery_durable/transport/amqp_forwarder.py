@@ -67,6 +67,7 @@ class AmqpForwarder:
         self._channel: Any = None
         self._confirms: Confirms | None = None
         self._declared: set[str] = set()
+        self._refused: set[str] = set()  # declarations RabbitMQ refused: not replayed again
 
     # -- connection ---------------------------------------------------------------
     def _connect(self) -> tuple[Any, Confirms]:
@@ -113,6 +114,7 @@ class AmqpForwarder:
         channel, confirms = self._connect()
         for record in records:
             self._declare(channel, record.declarations)
+        channel, confirms = self._connect()  # a refused declaration closed the channel
         assert self._conn is not None
         if self._conn.blocked:
             raise BrokerBlocked("RabbitMQ blocked the drainer's connection (resource alarm)")
@@ -127,7 +129,7 @@ class AmqpForwarder:
     def _declare(self, channel: Any, declarations: list[dict[str, Any]]) -> None:
         for decl in declarations:
             key = json.dumps(decl, sort_keys=True, default=str)
-            if key in self._declared:
+            if key in self._declared or key in self._refused:
                 continue
             kwargs = dict(decl)
             op = kwargs.pop("op", None)
@@ -144,7 +146,7 @@ class AmqpForwarder:
                         "celery-durable: RabbitMQ refused a replayed declaration %r: %s",
                         decl, exc,
                     )  # fmt: skip
-                    self._declared.add(key)
+                    self._refused.add(key)
                     declared = self._declared
                     self.reset()
                     channel, _ = self._connect()

@@ -37,8 +37,9 @@ def test_alias_resolves_to_a_redis_identity() -> None:
     assert isinstance(transport, DurableRedisTransport)
     assert transport.driver_type == "redis" and transport.driver_name == "redis"
     assert transport.implements.asynchronous
-    assert conn.connection_errors == kombu_redis.Transport.connection_errors
-    assert conn.channel_errors == kombu_redis.Transport.channel_errors
+    # The alias class serves amqp too (h8): its errors include redis's.
+    assert set(kombu_redis.Transport.connection_errors) <= set(conn.connection_errors)
+    assert set(kombu_redis.Transport.channel_errors) <= set(conn.channel_errors)
 
 
 def test_broker_transport_setting_is_equivalent_to_the_url_prefix() -> None:

@@ -1,0 +1,182 @@
+"""durable+amqp:// end to end: a real rabbitmq-server, real workers and producers.
+
+One RabbitMQ node per module (it takes ~10 s to start); each test gets a
+virtual host of its own, so nothing one test left in a queue reaches another.
+Tasks record what ran in a redis the tests never kill (durable_app.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.rabbitmq_server import RabbitMQServer, available
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.wait import wait_for
+
+from .conftest import Cluster, assert_ordered, duplicates
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not available(), reason="rabbitmq-server not installed (.ci/bootstrap)"),
+]
+
+
+@pytest.fixture(scope="module")
+def rabbitmq() -> Iterator[RabbitMQServer]:
+    server = RabbitMQServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class AmqpCluster(Cluster):
+    """The redis Cluster's helpers with RabbitMQ (a fresh vhost) as the broker."""
+
+    def __init__(self, tmp_path: Path, durable_dir: Path, rabbitmq: RabbitMQServer) -> None:
+        self.tmp_path = tmp_path
+        self.durable_dir = durable_dir
+        if rabbitmq.proc is None:  # a previous test failed with it stopped
+            rabbitmq.start()
+        self.broker = rabbitmq  # type: ignore[assignment]
+        self.vhost = rabbitmq.new_vhost()
+        self.results = RedisServer().start()
+        self.transport_options: dict[str, Any] = {}
+        self.procs = []
+
+    @property
+    def broker_url(self) -> str:
+        return "durable+" + self.broker.url(self.vhost)  # type: ignore[call-arg]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        broker: RabbitMQServer = self.broker  # type: ignore[assignment]
+        if broker.proc is not None:
+            broker.thaw()
+        self.results.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, durable_dir: Path, rabbitmq: RabbitMQServer) -> Iterator[AmqpCluster]:
+    c = AmqpCluster(tmp_path, durable_dir, rabbitmq)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_healthy_path_classic_and_quorum_queues(cluster: AmqpCluster) -> None:
+    worker = cluster.worker("--pool=prefork", "--concurrency=2", "-Q", "celery,quorum",
+                            DURABLE_QUORUM=1)  # fmt: skip
+    producer = cluster.producer("quorum", 300, DURABLE_QUORUM=1)
+    app = cluster.app()
+    results = [app.send_task("durable_app.add", (i, i)) for i in range(100)]  # classic queue
+    assert [r.get(timeout=60) for r in results] == [2 * i for i in range(100)]
+    assert producer.wait(120) == 0, producer.output()[-2000:]
+    arrivals = cluster.wait_arrived({("quorum", seq) for seq in range(300)})
+    assert duplicates(arrivals) == 0  # (two prefork children: execution order is theirs)
+    # Remote control goes over the fanout pidbox exchange through our transport.
+    replies = app.control.ping(timeout=5.0)
+    assert any("worker@" in name for reply in replies for name in reply), replies
+    log = worker.output()
+    assert "amqp://" in log  # the worker reports the inner transport
+    app.close()
+
+
+def test_broker_stopped_during_two_producers(cluster: AmqpCluster) -> None:
+    # Prefetching keeps one solo worker's pace up on a loaded machine; the
+    # order check skips messages RabbitMQ redelivers after the connection died.
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50")
+    producers = [cluster.producer(name, 5000) for name in ("p1", "p2")]
+    wait_for(lambda: all(len(cluster.sent(p)) > 1000 for p in producers), timeout=120)
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.kill()
+    marks = [len(cluster.sent(p)) for p in producers]
+    # The outage lasts until both producers have published 1,000 more messages
+    # (at least) with no broker: every one of those went to the spill store.
+    wait_for(
+        lambda: all(len(cluster.sent(p)) > m + 1000 or "done" in p.output()
+                    for p, m in zip(producers, marks, strict=True)),
+        timeout=120,
+    )  # fmt: skip
+    broker.start()
+    for p in producers:
+        assert p.wait(300) == 0, p.output()[-2000:]
+    expected = {(name, seq) for name in ("p1", "p2") for seq in range(5000)}
+    arrivals = cluster.wait_arrived(expected, timeout=300)
+    assert_ordered(cluster.arrivals(redelivered=False))
+    print(f"10,000 sent, {len(set(arrivals))} executed, {duplicates(arrivals)} duplicates")
+
+
+def test_broker_frozen_publish_never_blocks(cluster: AmqpCluster) -> None:
+    cluster.transport_options = {"publish_timeout": 0.5}
+    cluster.worker("--pool=solo")
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.freeze()
+    producer = cluster.producer("frozen", 500)
+    try:
+        assert producer.wait(120) == 0, producer.output()[-2000:]
+    finally:
+        broker.thaw()
+    worst = float(producer.output().split("max-latency ")[1].split()[0])
+    assert worst <= 0.5 + 0.5, f"an apply_async blocked {worst:.3f}s"
+    cluster.wait_arrived({("frozen", seq) for seq in range(500)}, timeout=180)
+    assert_ordered(cluster.arrivals(redelivered=False))
+
+
+def test_broker_frozen_mid_stream(cluster: AmqpCluster) -> None:
+    """Frozen while a producer is connected and publishing: the confirm wait gives up."""
+    cluster.transport_options = {"publish_timeout": 0.5}
+    cluster.worker("--pool=solo")
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    producer = cluster.producer("midstream", 3000)
+    wait_for(lambda: len(cluster.sent(producer)) > 300, timeout=120)
+    broker.freeze()
+    try:
+        mark = len(cluster.sent(producer))
+        wait_for(lambda: len(cluster.sent(producer)) > mark + 300 or not producer.alive(),
+                 timeout=60)  # fmt: skip
+    finally:
+        broker.thaw()
+    assert producer.wait(120) == 0, producer.output()[-2000:]
+    worst = float(producer.output().split("max-latency ")[1].split()[0])
+    assert worst <= 0.5 + 0.5, f"an apply_async blocked {worst:.3f}s"
+    arrivals = cluster.wait_arrived({("midstream", seq) for seq in range(3000)}, timeout=180)
+    assert_ordered(cluster.arrivals(redelivered=False))
+    print(f"3,000 sent, {duplicates(arrivals)} duplicates")
+
+
+def test_memory_alarm_publishes_never_hang(cluster: AmqpCluster) -> None:
+    cluster.transport_options = {"publish_timeout": 0.5}
+    cluster.worker("--pool=solo")
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.set_memory_watermark(0.0000001)  # memory alarm: RabbitMQ blocks publishers
+    try:
+        producer = cluster.producer("alarm", 500)
+        assert producer.wait(120) == 0, producer.output()[-2000:]
+    finally:
+        broker.set_memory_watermark(0.4)
+    worst = float(producer.output().split("max-latency ")[1].split()[0])
+    assert worst <= 0.5 + 0.5, f"an apply_async blocked {worst:.3f}s"
+    cluster.wait_arrived({("alarm", seq) for seq in range(500)}, timeout=180)
+    assert_ordered(cluster.arrivals(redelivered=False))
+
+
+@pytest.mark.parametrize("mode", ["direct", "wal"])
+def test_producer_killed_during_outage_is_adopted(cluster: AmqpCluster, mode: str) -> None:
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.kill()
+    producer = cluster.producer("victim", 100_000, options={"publish_mode": mode})
+    wait_for(lambda: len(cluster.sent(producer)) >= 2000, timeout=120)
+    producer.kill()  # SIGKILL, mid-stream
+    accepted = cluster.sent(producer)
+    broker.start()
+    # A new process on the same spill_dir (here: a worker) adopts the dead store.
+    cluster.worker("--pool=solo", options={"publish_mode": mode})
+    cluster.wait_arrived({("victim", seq) for seq in accepted}, timeout=180)
+    assert_ordered(cluster.arrivals(redelivered=False))
