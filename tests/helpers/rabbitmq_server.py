@@ -93,8 +93,12 @@ class RabbitMQServer:
             start_new_session=True,
         )
         log.close()
-        wait_for(self._ready, timeout=timeout, interval=0.2,
-                 message=lambda: f"rabbitmq-server {self.node}; output:\n{self.output()[-3000:]}")  # fmt: skip
+        wait_for(
+            self._ready,
+            timeout=timeout,
+            interval=0.2,
+            message=lambda: f"rabbitmq-server {self.node}; output:\n{self.output()[-3000:]}",
+        )
         self.pid = self._beam_pid()
         return self
 
