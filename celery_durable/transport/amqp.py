@@ -72,7 +72,7 @@ class DurableAmqpChannel(pyamqp.Channel, BoundedChannel):
 
     # -- life cycle ------------------------------------------------------------------
     def open(self) -> Any:
-        if self.connection.offline:
+        if not self.connection.usable:  # offline or given up: a local channel
             self.is_open = True
             return None
         return self._rpc(super().open)
@@ -383,7 +383,13 @@ class DurableAmqpTransport(pyamqp.Transport):
         return conn
 
     def verify_connection(self, connection: Any) -> bool:
-        return bool(getattr(connection, "usable", True) and connection.connected)
+        if getattr(connection, "offline", False) or getattr(connection, "given_up", False):
+            # While the breaker is open a new connection would be offline too:
+            # keep this one (and Kombu's declared-entity cache) instead of paying
+            # a reconnect and re-declarations per publish.  Once the drainer sees
+            # RabbitMQ again, Kombu reconnects on next use.
+            return self.spiller.breaker.is_open
+        return bool(connection.connected) and not getattr(connection, "blocked", False)
 
     def close_connection(self, connection: Any) -> None:
         connection.client = None

@@ -23,7 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import amqp
+from amqp import spec
 from amqp.exceptions import ChannelError
+from amqp.method_framing import frame_writer
+from amqp.serialization import dumps
 
 from ..spill import SpillRecord
 from .confirms import BoundedChannel, BrokerBlocked, Confirms, bounded_rpc, publish_frame
@@ -55,6 +58,26 @@ class _Connection(amqp.Connection):
 
     def _unblocked(self) -> None:
         self.blocked = False
+
+
+class _Collector:
+    """Stands in for py-amqp's socket transport: frames are gathered, then written at once."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: Any) -> None:
+        self.parts.append(bytes(data))  # py-amqp hands over a view of a reused buffer
+        self.size += len(data)
+
+    def take(self) -> bytes:
+        data, self.parts, self.size = b"".join(self.parts), [], 0
+        return data
+
+
+#: Bytes of frames gathered before one socket write.
+_WRITE_CHUNK = 256 * 1024
 
 
 class AmqpForwarder:
@@ -118,11 +141,21 @@ class AmqpForwarder:
         assert self._conn is not None
         if self._conn.blocked:
             raise BrokerBlocked("RabbitMQ blocked the drainer's connection (resource alarm)")
+        # py-amqp writes each message with its own syscall; gather the frames of
+        # many messages (same bytes, same order) and write them at once.
+        collector = _Collector()
+        write_frame = frame_writer(self._conn, collector)
+        transport = self._conn.transport
         first = confirms.next_tag
-        with self._conn.transport.having_timeout(self.timeout):  # a full socket: give up
+        with transport.having_timeout(self.timeout):  # a full socket: give up
             for record in records:
-                publish_frame(channel, record_message(record), record.exchange, record.routing_key)
+                args = dumps("Bssbb", (0, record.exchange, record.routing_key, False, False))
+                write_frame(1, channel.channel_id, spec.Basic.Publish, args, record_message(record))
                 confirms.published()
+                if collector.size >= _WRITE_CHUNK:
+                    transport.write(collector.take())
+            if collector.parts:
+                transport.write(collector.take())
         deadline = time.monotonic() + max(self.timeout, BATCH_CONFIRM_TIMEOUT)
         confirms.wait(first, confirms.next_tag - 1, deadline)
 

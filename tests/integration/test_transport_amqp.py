@@ -180,3 +180,33 @@ def test_producer_killed_during_outage_is_adopted(cluster: AmqpCluster, mode: st
     cluster.worker("--pool=solo", options={"publish_mode": mode})
     cluster.wait_arrived({("victim", seq) for seq in accepted}, timeout=180)
     assert_ordered(cluster.arrivals(redelivered=False))
+
+
+def test_dead_lettered_task_is_restored_by_beat(
+    rabbitmq: RabbitMQServer, redis_server: RedisServer, tmp_path: Path, durable_dir: Path
+) -> None:
+    """A task failing for good on an amqp broker is dumped, then restored by beat."""
+    from celery import Celery
+
+    from .restore_support import RestoreHarness
+
+    h = RestoreHarness(redis_server, tmp_path, durable_dir)
+    if rabbitmq.proc is None:
+        rabbitmq.start()
+    h.broker_url = "durable+" + rabbitmq.url(rabbitmq.new_vhost())
+    h.producer_app = Celery("restore-test", broker=h.broker_url, set_as_current=False)
+    try:
+        h.worker("w1@%h", "work,durable-restore", "-c", "2")
+        ids = h.send("restore_app.flaky", 50)
+        h.wait(lambda: len(h.dumps()) == 50, 180, "50 dumps")
+        assert not h.runs()
+        h.state.set("fixed", 1)
+        h.beat()
+        h.wait(lambda: len(h.runs()) == 50, 180, "50 restored tasks to succeed")
+        h.wait(lambda: not h.dumps(), 60, "the dump store to empty")
+        runs = h.runs()
+        assert set(runs) == set(ids)  # the original task ids
+        assert set(runs.values()) == {1}
+    finally:
+        h.close()
+        h.producer_app.close()
