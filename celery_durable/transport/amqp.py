@@ -32,7 +32,7 @@ from typing import Any
 
 from amqp.protocol import queue_declare_ok_t
 from kombu.transport import pyamqp
-from kombu.utils.url import parse_url
+from kombu.utils.url import as_url, parse_url
 
 from ..spill import SpillRecord
 from .amqp_declarations import DeclarationLog, declarations_for
@@ -46,7 +46,7 @@ from .confirms import (
     bounded_rpc,
     publish_frame,
 )
-from .options import DurableOptions
+from .options import DurableOptions, split_options
 from .spiller import Spiller, get_spiller
 
 __all__ = ["DurableAmqpChannel", "DurableAmqpConnection", "DurableAmqpTransport", "inner_amqp_url"]
@@ -57,6 +57,15 @@ logger = logging.getLogger(__name__)
 _OWN_FIELDS = frozenset({"content_type", "content_encoding", "application_headers"})
 #: Options Kombu's pyamqp transport passes to py-amqp that we set ourselves.
 _OURS = ("confirm_publish", "on_blocked", "on_unblocked")
+
+
+def _client_url(client: Any) -> str:
+    """The amqp URL of a Kombu connection (the inner URL itself, or its parsed fields)."""
+    if "://" in (client.hostname or ""):
+        return str(client.hostname)
+    scheme = "amqps" if client.ssl else "amqp"
+    return as_url(scheme, client.hostname or "localhost", client.port, client.userid or "",
+                  client.password or "", client.virtual_host or "/")  # fmt: skip
 
 
 def inner_amqp_url(url: str) -> str:
@@ -325,8 +334,13 @@ class DurableAmqpTransport(pyamqp.Transport):
 
     Connection = DurableAmqpConnection
 
-    def __init__(self, client: Any, inner_url: str, options: DurableOptions,
-                 inner_options: dict[str, Any], **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, client: Any, inner_url: str | None = None,
+                 options: DurableOptions | None = None,
+                 inner_options: dict[str, Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
+        if inner_url is None:  # built by Kombu from a transport alias, not by the dispatcher
+            inner_url = _client_url(client)
+        if options is None or inner_options is None:
+            options, inner_options = split_options(client.transport_options or {})
         self.inner_url = inner_amqp_url(inner_url)
         self.options = options
         self._inner_options = {k: v for k, v in inner_options.items() if k not in _OURS}

@@ -132,7 +132,7 @@ def test_broker_frozen_publish_never_blocks(cluster: AmqpCluster) -> None:
 def test_broker_frozen_mid_stream(cluster: AmqpCluster) -> None:
     """Frozen while a producer is connected and publishing: the confirm wait gives up."""
     cluster.transport_options = {"publish_timeout": 0.5}
-    cluster.worker("--pool=solo")
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50")
     broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
     producer = cluster.producer("midstream", 3000)
     wait_for(lambda: len(cluster.sent(producer)) > 300, timeout=120)
@@ -177,7 +177,7 @@ def test_producer_killed_during_outage_is_adopted(cluster: AmqpCluster, mode: st
     accepted = cluster.sent(producer)
     broker.start()
     # A new process on the same spill_dir (here: a worker) adopts the dead store.
-    cluster.worker("--pool=solo", options={"publish_mode": mode})
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50", options={"publish_mode": mode})
     cluster.wait_arrived({("victim", seq) for seq in accepted}, timeout=180)
     assert_ordered(cluster.arrivals(redelivered=False))
 
