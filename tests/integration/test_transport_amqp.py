@@ -210,3 +210,26 @@ def test_dead_lettered_task_is_restored_by_beat(
     finally:
         h.close()
         h.producer_app.close()
+
+
+def test_buffered_overflow_spills_and_graceful_stop_loses_nothing(cluster: AmqpCluster) -> None:
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.kill()
+    options = {"publish_mode": "buffered", "buffer_max_bytes": 64 * 1024}
+    producer = cluster.producer("buffered", 3000, options=options)
+    assert producer.wait(120) == 0, producer.output()[-2000:]  # exits: buffer flushed to disk
+    assert len(cluster.sent(producer)) == 3000
+    broker.start()
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50", options=options)
+    cluster.wait_arrived({("buffered", seq) for seq in range(3000)}, timeout=180)
+    assert_ordered(cluster.arrivals(redelivered=False))
+
+
+def test_buffered_healthy_path_is_confirmed_by_the_drainer(cluster: AmqpCluster) -> None:
+    options = {"publish_mode": "buffered"}
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50", options=options)
+    producer = cluster.producer("buffered-ok", 2000, options=options)
+    assert producer.wait(120) == 0, producer.output()[-2000:]
+    arrivals = cluster.wait_arrived({("buffered-ok", seq) for seq in range(2000)}, timeout=180)
+    assert duplicates(arrivals) == 0
+    assert_ordered(cluster.arrivals(redelivered=False))
