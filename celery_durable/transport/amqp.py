@@ -49,7 +49,7 @@ from .confirms import (
 from .options import DurableOptions, split_options
 from .spiller import Spiller, get_spiller
 
-__all__ = ["DurableAmqpChannel", "DurableAmqpConnection", "DurableAmqpTransport", "inner_amqp_url"]
+__all__ = ["DurableAmqpChannel", "DurableAmqpConnection", "DurableAmqpTransport"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ def _client_url(client: Any) -> str:
     scheme = "amqps" if client.ssl else "amqp"
     return as_url(scheme, client.hostname or "localhost", client.port, client.userid or "",
                   client.password or "", client.virtual_host or "/")  # fmt: skip
-
-
-def inner_amqp_url(url: str) -> str:
-    """``pyamqp://`` is ``amqp://`` (one broker, one spill directory)."""
-    return "amqp://" + url.split("://", 1)[1] if url.startswith("pyamqp://") else url
 
 
 class DurableAmqpChannel(pyamqp.Channel, BoundedChannel):
@@ -341,7 +336,7 @@ class DurableAmqpTransport(pyamqp.Transport):
             inner_url = _client_url(client)
         if options is None or inner_options is None:
             options, inner_options = split_options(client.transport_options or {})
-        self.inner_url = inner_amqp_url(inner_url)
+        self.inner_url = inner_url
         self.options = options
         self._inner_options = {k: v for k, v in inner_options.items() if k not in _OURS}
         self._spiller_key = ("amqp", self.inner_url, options)

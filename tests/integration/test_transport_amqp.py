@@ -233,3 +233,35 @@ def test_buffered_healthy_path_is_confirmed_by_the_drainer(cluster: AmqpCluster)
     arrivals = cluster.wait_arrived({("buffered-ok", seq) for seq in range(2000)}, timeout=180)
     assert duplicates(arrivals) == 0
     assert_ordered(cluster.arrivals(redelivered=False))
+
+
+def test_cli_status_ls_and_drain_adopt_a_dead_store(cluster: AmqpCluster) -> None:
+    from tests.helpers.processes import celery
+
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.kill()
+    producer = cluster.producer("orphan", 100_000)
+    wait_for(lambda: len(cluster.sent(producer)) >= 500, timeout=120)
+    producer.kill()
+    accepted = len(cluster.sent(producer))
+
+    def cli(*args: str) -> tuple[int, str]:
+        proc = celery(
+            "-A", "durable_app", "durable", *args,
+            log=cluster.tmp_path / f"cli-{args[0]}-{args[-1]}.log",
+            env=cluster.env(), cwd=Path(__file__).parent,
+        )  # fmt: skip
+        return proc.wait(120), proc.output()
+
+    rc, out = cli("spill", "ls")
+    assert rc == 0, out
+    row = out.splitlines()[1].split()  # STORE HOST PID ALIVE RECORDS ...
+    assert row[3] == "no" and int(row[4]) >= accepted, out
+    rc, out = cli("status")
+    assert rc == 0 and "breaker open" in out and "dead (adoptable)" in out, out
+    broker.start()
+    rc, out = cli("spill", "drain")
+    assert rc == 0, out
+    assert broker.queue_length("celery", cluster.vhost) >= accepted
+    rc, out = cli("status")
+    assert rc == 0 and "breaker closed" in out and "backlog 0" in out, out
