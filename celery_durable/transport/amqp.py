@@ -93,6 +93,10 @@ class DurableAmqpChannel(pyamqp.Channel, BoundedChannel):
             connection.give_up(exc)
             return None
 
+    def _do_revive(self) -> None:
+        self._confirms = None  # a reopened channel is no longer in confirm mode
+        super()._do_revive()
+
     def _rpc(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         return bounded_rpc(self, self.connection.durable.options.publish_timeout, method,
                            *args, **kwargs)  # fmt: skip
