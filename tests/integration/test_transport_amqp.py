@@ -115,7 +115,7 @@ def test_broker_stopped_during_two_producers(cluster: AmqpCluster) -> None:
 
 def test_broker_frozen_publish_never_blocks(cluster: AmqpCluster) -> None:
     cluster.transport_options = {"publish_timeout": 0.5}
-    cluster.worker("--pool=solo")
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50")
     broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
     broker.freeze()
     producer = cluster.producer("frozen", 500)
@@ -153,7 +153,7 @@ def test_broker_frozen_mid_stream(cluster: AmqpCluster) -> None:
 
 def test_memory_alarm_publishes_never_hang(cluster: AmqpCluster) -> None:
     cluster.transport_options = {"publish_timeout": 0.5}
-    cluster.worker("--pool=solo")
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50")
     broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
     broker.set_memory_watermark(0.0000001)  # memory alarm: RabbitMQ blocks publishers
     try:
@@ -265,3 +265,57 @@ def test_cli_status_ls_and_drain_adopt_a_dead_store(cluster: AmqpCluster) -> Non
     assert broker.queue_length("celery", cluster.vhost) >= accepted
     rc, out = cli("status")
     assert rc == 0 and "breaker closed" in out and "backlog 0" in out, out
+
+
+def test_spill_full_raises_and_loses_nothing_accepted(cluster: AmqpCluster) -> None:
+    broker: RabbitMQServer = cluster.broker  # type: ignore[assignment]
+    broker.kill()
+    options = {"spill_max_bytes": 200_000}
+    producer = cluster.producer("capped", 100_000, "--stop-on-full", options=options)
+    assert producer.wait(120) == 0, producer.output()[-2000:]
+    assert "full " in producer.output(), "SpillFull was never raised"
+    accepted = cluster.sent(producer)
+    assert 100 < len(accepted) < 100_000
+    broker.start()
+    cluster.worker("--pool=solo", "--prefetch-multiplier=50", options=options)
+    cluster.wait_arrived({("capped", seq) for seq in accepted}, timeout=180)
+
+
+def test_restore_gate_reads_queue_length_on_rabbitmq(
+    rabbitmq: RabbitMQServer, redis_server: RedisServer, tmp_path: Path, durable_dir: Path
+) -> None:
+    """A queue above the allow rate gets no restored task until a worker drains it."""
+    import uuid
+
+    from celery import Celery
+
+    from .restore_support import RestoreHarness, flaky_dump
+
+    h = RestoreHarness(redis_server, tmp_path, durable_dir)
+    if rabbitmq.proc is None:
+        rabbitmq.start()
+    vhost = rabbitmq.new_vhost()
+    h.broker_url = "durable+" + rabbitmq.url(vhost)
+    h.producer_app = Celery("restore-test", broker=h.broker_url, set_as_current=False)
+    h.conf.update(durable_restore_queue_capacity=10, durable_restore_allow_rate=0.5)  # limit 5
+    try:
+        slow = [str(uuid.uuid4()) for _ in range(8)]
+        fast = [str(uuid.uuid4()) for _ in range(8)]
+        store = h.store()
+        store.write([flaky_dump(t, "slow") for t in slow] + [flaky_dump(t, "fast") for t in fast])
+        store.close()
+        h.send("restore_app.noop", 20, queue="slow")  # held above the allow rate
+        h.state.set("fixed", 1)
+        h.worker("w1@%h", "fast,durable-restore")
+        h.beat()
+        h.wait(lambda: set(fast) <= set(h.runs()), 120, "the other queue to be restored")
+        seen = h.restore_runs()
+        h.wait(lambda: h.restore_runs() >= seen + 3, 120, "three more restore runs")
+        assert rabbitmq.queue_length("slow", vhost) == 20  # nothing published to the full queue
+        assert {e.task_id for e in h.dumps()} == set(slow)
+        h.worker("w2@%h", "slow")  # drains it
+        h.wait(lambda: set(slow) <= set(h.runs()), 120, "the drained queue to be restored")
+        h.wait(lambda: not h.dumps(), 60, "the dump store to empty")
+    finally:
+        h.close()
+        h.producer_app.close()
