@@ -396,6 +396,8 @@ class DurableAmqpTransport(pyamqp.Transport):
         return conn
 
     def verify_connection(self, connection: Any) -> bool:
+        if getattr(connection, "channels", None) is None:
+            return False  # torn down by py-amqp (connection.close from the broker): a new one
         if getattr(connection, "offline", False) or getattr(connection, "given_up", False):
             # While the breaker is open a new connection would be offline too:
             # keep this one (and Kombu's declared-entity cache) instead of paying

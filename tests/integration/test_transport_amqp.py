@@ -319,3 +319,39 @@ def test_restore_gate_reads_queue_length_on_rabbitmq(
     finally:
         h.close()
         h.producer_app.close()
+
+
+def test_kombu_producer_across_a_clean_broker_stop(rabbitmq: RabbitMQServer) -> None:
+    """A long-lived Kombu producer (no retry) never raises across a SIGTERM'd RabbitMQ."""
+    from kombu import Connection, Exchange, Queue
+
+    if rabbitmq.proc is None:
+        rabbitmq.start()
+    vhost = rabbitmq.new_vhost()
+    queue = Queue("stopq", Exchange("stopex", "direct"), routing_key="k", durable=True)
+    with Connection("durable+" + rabbitmq.url(vhost)) as conn:
+        producer = conn.Producer()
+        for i in range(10):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key="k", declare=[queue])
+        rabbitmq.stop()  # clean shutdown: RabbitMQ closes client connections (320)
+        for i in range(10, 20):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key="k", declare=[queue])
+        other = conn.Producer()
+        for i in range(20, 30):
+            other.publish({"i": i}, exchange=queue.exchange, routing_key="k", declare=[queue],
+                          retry=False)  # fmt: skip
+        assert conn.transport.spiller.backlog() == 20
+        rabbitmq.start()
+        wait_for(lambda: conn.transport.spiller.backlog() == 0, timeout=120)
+        got: list[int] = []
+
+        def received_all() -> bool:
+            try:
+                conn.drain_events(timeout=1)
+            except TimeoutError:
+                pass
+            return len(got) >= 30
+
+        with conn.Consumer([queue], callbacks=[lambda body, m: (got.append(body["i"]), m.ack())]):
+            wait_for(received_all, timeout=60)
+    assert got == list(range(30))
