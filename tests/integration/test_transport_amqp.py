@@ -7,6 +7,7 @@ Tasks record what ran in a redis the tests never kill (durable_app.py).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -346,10 +347,8 @@ def test_kombu_producer_across_a_clean_broker_stop(rabbitmq: RabbitMQServer) -> 
         got: list[int] = []
 
         def received_all() -> bool:
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=1)
-            except TimeoutError:
-                pass
             return len(got) >= 30
 
         with conn.Consumer([queue], callbacks=[lambda body, m: (got.append(body["i"]), m.ack())]):
