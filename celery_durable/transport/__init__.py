@@ -67,6 +67,7 @@ import weakref
 from typing import Any
 
 from kombu.transport import base
+from kombu.transport import pyamqp as kombu_pyamqp
 from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 
@@ -188,16 +189,19 @@ class Transport(base.Transport):
     from then on.
 
     Kombu reads error classes from the class the alias names before any
-    instance exists (``Connection.connection_errors``), so they are the inner
-    transports' here.
+    instance exists (``Connection.connection_errors``, Celery's consumer
+    before it connects), and ``durable`` names this class whatever the inner
+    broker: they are the union of every inner transport's (redis and py-amqp).
     """
 
     can_parse_url = True  # keep the inner URL whole; the subclass parses it
     default_port = kombu_redis.DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "redis"
     driver_name = "redis"
-    connection_errors = kombu_redis.Transport.connection_errors
-    channel_errors = kombu_redis.Transport.channel_errors
+    connection_errors = (
+        kombu_redis.Transport.connection_errors + kombu_pyamqp.Transport.connection_errors
+    )
+    channel_errors = kombu_redis.Transport.channel_errors + kombu_pyamqp.Transport.channel_errors
 
     def __new__(cls, client: Any = None, **kwargs: Any) -> Any:
         if cls is Transport:
