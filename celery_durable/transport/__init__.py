@@ -73,7 +73,7 @@ from kombu.utils.imports import symbol_by_name
 
 from .. import TRANSPORTS
 from ..exceptions import ConfigError
-from .url import PREFIX, check_url
+from .url import PREFIX, check_url, presented_scheme
 
 __all__ = [
     "Transport",
@@ -95,7 +95,9 @@ def inner_scheme(client: Any) -> str:
     transport = getattr(client, "transport_cls", None)
     if isinstance(transport, str) and transport.startswith(f"{PREFIX}+"):
         return transport[len(PREFIX) + 1 :]
-    return DEFAULT_SCHEME
+    # A clone of a connection whose transport was built after the clone read
+    # transport_cls (Kombu's Connection._info): its fields are already the inner ones.
+    return presented_scheme(client) or DEFAULT_SCHEME
 
 
 def transport_class(scheme: str) -> type[Transport]:

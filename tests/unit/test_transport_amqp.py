@@ -105,3 +105,16 @@ def test_the_durable_alias_knows_rabbitmq_connection_errors_before_connecting() 
     other.transport  # noqa: B018 - building it rewrites transport_cls
     assert other.connection_errors == pyamqp.Transport.connection_errors
     assert other.channel_errors == pyamqp.Transport.channel_errors
+
+
+def test_a_clone_made_before_the_transport_was_built_stays_amqp() -> None:
+    # Kombu's clone() reads transport_cls ("durable") before it builds the
+    # transport, which rewrites the fields to the inner ones (127.0.0.1, port,
+    # vhost): a Celery worker's mingle/pidbox publish went to durable+redis
+    # ("the redis database must be a number").
+    port = free_port()
+    conn = Connection(f"durable+amqp://guest:guest@127.0.0.1:{port}/vh-1")
+    clone = conn.clone()
+    assert clone.transport_cls == "durable"
+    assert isinstance(clone.transport, DurableAmqpTransport)
+    assert clone.transport.inner_url == conn.transport.inner_url
