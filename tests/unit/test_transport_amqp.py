@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import amqp
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Exchange, Producer, Queue
 from kombu.transport import pyamqp
 
 import celery_durable  # noqa: F401 - registers the durable alias
@@ -118,3 +118,16 @@ def test_a_clone_made_before_the_transport_was_built_stays_amqp() -> None:
     assert clone.transport_cls == "durable"
     assert isinstance(clone.transport, DurableAmqpTransport)
     assert clone.transport.inner_url == conn.transport.inner_url
+
+
+def test_every_failover_url_down_connects_and_publishing_spills() -> None:
+    p1, p2 = free_port(), free_port()
+    conn = Connection(
+        f"durable+amqp://guest:guest@127.0.0.1:{p1}//;durable+amqp://guest:guest@127.0.0.1:{p2}//",
+        transport_options={"publish_timeout": 0.2},
+    )
+    assert conn.connect()
+    assert conn.transport.address.port == p2  # the first was refused, the last one kept
+    Producer(conn.default_channel).publish({"x": 1}, routing_key="q")
+    assert conn.transport.spiller.backlog() == 1
+    conn.release()
