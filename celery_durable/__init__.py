@@ -30,6 +30,7 @@ TRANSPORTS: dict[str, str] = {
     "amqp": "celery_durable.transport.amqp:DurableAmqpTransport",
     "pyamqp": "celery_durable.transport.amqp:DurableAmqpTransport",
     "amqps": "celery_durable.transport.amqp:DurableAmqpTransport",
+    "sentinel": "celery_durable.transport.sentinel:DurableSentinelTransport",
 }
 
 TRANSPORT_ALIASES.setdefault("durable", "celery_durable.transport:Transport")

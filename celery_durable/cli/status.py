@@ -42,11 +42,13 @@ def _age(created: float | None) -> float | None:
     return None if created is None else round(time.time() - created, 1)
 
 
-def _broker_reachable(url: str, timeout: float) -> bool:
+def _broker_reachable(url: str, timeout: float, options: dict[str, Any] | None = None) -> bool:
     """Probe the inner broker now (one connection attempt)."""
     from kombu import Connection
 
-    conn = Connection(url, connect_timeout=timeout, transport_options={"socket_timeout": timeout})
+    # The inner transport's options too: a Sentinel connection needs master_name.
+    topts = {**(options or {}), "socket_timeout": timeout}
+    conn = Connection(url, connect_timeout=timeout, transport_options=topts)
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
         return True
@@ -126,7 +128,9 @@ def _spill_status(app: Any) -> dict[str, Any] | None:
                 "quarantine": info.quarantine,
             }
         )
-    reachable = _broker_reachable(config.inner_url, config.options.publish_timeout)
+    reachable = _broker_reachable(
+        config.inner_url, config.options.publish_timeout, config.inner_options
+    )
     return {
         "broker": config.broker_url,
         "spill_dir": str(config.store_dir),

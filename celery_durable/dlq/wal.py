@@ -65,10 +65,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kombu.utils.url import maybe_sanitize_url
-
 from .. import metrics
 from ..options import default_dir
+from ..sentinel_url import display_url
 from .base import EncodedDump
 
 __all__ = ["DumpWAL", "Segment", "discard", "find_orphans", "read_segment", "wal_dir"]
@@ -283,7 +282,7 @@ class DumpWAL:
             with contextlib.suppress(OSError):
                 fd = os.open(info, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as fh:
-                    fh.write(maybe_sanitize_url(store_url) + "\n")
+                    fh.write(display_url(store_url) + "\n")
         host = socket.gethostname().replace(".", "_").replace(os.sep, "_") or "localhost"
         name = f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
         tmp = directory / f".{name}.tmp"

@@ -6,7 +6,8 @@ may run ``dlq restore`` meanwhile, so every run takes a lock named after its sto
 
 * ``file://path``: ``flock`` on ``path.restore.lock`` beside the dump directory
   (released by the kernel when the holder dies, even on SIGKILL);
-* ``redis://``: a redis-py ``Lock`` with a short TTL that the run refreshes after
+* ``redis://`` (``redis+sentinel://`` too): a redis-py ``Lock`` with a short TTL
+  that the run refreshes after
   every published chunk; a SIGKILLed holder blocks others for at most
   :data:`REDIS_LOCK_TTL` seconds.  The key lives under the store's ``?prefix=``
   (``<prefix>:restore-lock``), so fleets sharing one redis with different
@@ -29,10 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from kombu.utils.url import maybe_sanitize_url
-
 from ..exceptions import ConfigError, RestoreError
 from ..files import private_dir
+from ..sentinel_url import display_url, redis_client
 
 __all__ = ["REDIS_LOCK_TTL", "RunLock", "redis_lock_target", "run_lock"]
 
@@ -99,15 +99,13 @@ class _RedisLock:
         import redis
 
         client_url, self.key = redis_lock_target(url)
-        self._where = f"{self.key} on {maybe_sanitize_url(client_url)}"
+        self._where = f"{self.key} on {display_url(client_url)}"
         # TypeError/ValueError: a URL argument redis-py does not take, raised when
         # it first connects.  LockError (expired, taken over) is a RedisError.
         self._errors = (redis.RedisError, OSError, TypeError, ValueError)
         try:
-            self._client = redis.Redis.from_url(
-                client_url, socket_timeout=5, socket_connect_timeout=5
-            )
-        except self._errors as exc:
+            self._client = redis_client(client_url, socket_timeout=5, socket_connect_timeout=5)
+        except (*self._errors, ConfigError) as exc:
             raise RestoreError(f"restore lock: bad redis URL for {self._where}: {exc}") from exc
         self._lock: Any = self._client.lock(self.key, timeout=REDIS_LOCK_TTL)
 
@@ -156,6 +154,6 @@ def run_lock(url: str) -> RunLock:
     if parts.scheme == "file":
         path = Path(parts.path).resolve()
         return _FileLock(path.with_name(path.name + ".restore.lock"))
-    if parts.scheme in ("redis", "rediss", "unix"):
+    if parts.scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         return _RedisLock(url)
     return _LocalLock(url)

@@ -95,8 +95,16 @@ def inner_scheme(client: Any) -> str:
     transport = getattr(client, "transport_cls", None)
     if isinstance(transport, str) and transport.startswith(f"{PREFIX}+"):
         return transport[len(PREFIX) + 1 :]
+    # A pooled copy (kombu: Connection(**conn._info())) has parsed fields and
+    # the alias "durable"; its first URL still names the scheme
+    # (durable+sentinel:// would otherwise become durable+redis:// here).
+    for url in getattr(client, "alt", None) or ():
+        if isinstance(url, str) and url.startswith(f"{PREFIX}+") and "://" in url:
+            return str(url[len(PREFIX) + 1 :].split("://", 1)[0]).lower()
+        break
     # A clone of a connection whose transport was built after the clone read
-    # transport_cls (Kombu's Connection._info): its fields are already the inner ones.
+    # transport_cls (Kombu's Connection._info): its fields are already the
+    # inner ones, and a single URL leaves no alternates to read.
     return presented_scheme(client) or DEFAULT_SCHEME
 
 

@@ -30,7 +30,11 @@ class DurableConfig:
     @property
     def store_dir(self) -> Path:
         """Where this broker's per-process stores live: ``spill_dir/<broker>``."""
-        return self.options.spill_dir / broker_dir_name(self.inner_url)
+        from .sentinel import spill_identity
+
+        return self.options.spill_dir / broker_dir_name(
+            spill_identity(self.inner_url, self.inner_options)
+        )
 
 
 def durable_config(app: Any) -> DurableConfig | None:
@@ -49,6 +53,10 @@ def durable_config(app: Any) -> DurableConfig | None:
         # (and never adopts: ``drain_orphans`` does that on purpose).
         options, inner = split_options(conn.transport_options or {})
         inner_url = _inner_url(conn)
+        if inner_url.startswith("sentinel://"):  # every Sentinel, not the first URL only
+            from .sentinel import sentinel_broker
+
+            inner_url = sentinel_broker(conn, inner).url
         return DurableConfig(safe_url(f"durable+{inner_url}"), inner_url, options, inner)
     finally:
         conn.release()

@@ -37,6 +37,7 @@ _REGISTRY: dict[str, StoreFactory | str] = {
     "file": "celery_durable.dlq.stores.filestore:FileStore",
     "redis": "celery_durable.dlq.stores.redisstore:RedisStore",
     "rediss": "celery_durable.dlq.stores.redisstore:RedisStore",
+    "redis+sentinel": "celery_durable.dlq.stores.redisstore:RedisStore",
     "unix": "celery_durable.dlq.stores.redisstore:RedisStore",
 }
 

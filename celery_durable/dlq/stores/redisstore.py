@@ -1,5 +1,8 @@
 """``redis://host:port/db``: one dump store shared by every host of a fleet.
 
+(``redis+sentinel://...?master_name=NAME`` for a redis under Sentinel:
+:mod:`celery_durable.sentinel_url`.)
+
 Two keys (prefix ``celery_durable:dlq``, change it with ``?prefix=...`` in the URL)::
 
     <prefix>:index   sorted set: entry id -> failure time (oldest first)
@@ -31,6 +34,7 @@ from kombu.exceptions import ContentDisallowed
 
 from ... import metrics
 from ...exceptions import CorruptRecord, DumpError
+from ...sentinel_url import redis_client
 from ..base import DumpEntry, DumpStore, EncodedDump, QuarantinedDump
 from ..codec import Codec, crc32
 from ..retention import REASONS, Retention
@@ -70,7 +74,7 @@ class RedisStore(DumpStore):
         self.version = version
         self.index_key = f"{prefix}:index"
         self.data_key = f"{prefix}:data"
-        self.client = client or redis.Redis.from_url(
+        self.client = client or redis_client(
             redis_url, socket_timeout=10.0, socket_connect_timeout=5.0
         )
         self._counted: set[str] = set()
