@@ -131,3 +131,16 @@ def test_every_failover_url_down_connects_and_publishing_spills() -> None:
     Producer(conn.default_channel).publish({"x": 1}, routing_key="q")
     assert conn.transport.spiller.backlog() == 1
     conn.release()
+
+
+def test_a_celery_worker_on_durable_amqp_reconnects_on_connection_forced() -> None:
+    # celery.worker.consumer.Consumer: connection_errors = conninfo.connection_errors,
+    # read from app.connection_for_read() before it connects.
+    from celery import Celery
+
+    app = Celery("t", broker=f"durable+amqp://guest:guest@127.0.0.1:{free_port()}//",
+                 set_as_current=False)  # fmt: skip
+    conninfo = app.connection_for_read()
+    assert issubclass(amqp.exceptions.ConnectionForced, conninfo.connection_errors)
+    assert issubclass(amqp.exceptions.ConnectionForced, conninfo.recoverable_connection_errors)
+    conninfo.release()
