@@ -2,6 +2,7 @@
 
     python benchmarks/publish.py [--n 10000] [--repeat 1] [--backlog 100000]
         [--spill 1000000] [--json PATH]
+    python benchmarks/publish.py --broker amqp [--n 5000] [--backlog 100000]
 
 Every configuration runs in a fresh subprocess against a redis-server this
 script starts on a free loopback port, and prints one table with ratios:
@@ -22,6 +23,13 @@ Targets (issue 3): direct >= 0.95x redis://; buffered and wal >= 2.0x redis://
 and >= 0.8x memory://; broker down >= 0.8x memory://; drain >= 30,000 msg/s;
 RSS growth < 50 MB; start-up < 2 s.  ``--json PATH`` writes every figure
 (``benchmarks/run.py`` reads it); ``--spill 0`` skips the last part.
+
+``--broker amqp`` (issue 11) starts a throwaway RabbitMQ node instead
+(tests/helpers/rabbitmq_server.py) and measures ``amqp://`` with and without
+``confirm_publish``, ``durable+amqp://`` in each mode (healthy, broker down,
+broker blocked by a memory alarm) and the drain rate of a ``--backlog``
+(confirmed batches).  Targets: direct >= 1.0x ``amqp://`` with confirms; wal and
+buffered >= 0.9x memory://; down or blocked >= 0.8x memory://; drain >= 20,000/s.
 """
 
 from __future__ import annotations
@@ -104,8 +112,12 @@ def child(config: dict[str, object]) -> None:
         with Connection(
             str(config["url"]), transport_options=app.conf.broker_transport_options
         ) as conn:
+            from kombu import Queue
+
             producer = conn.Producer()
-            producer.publish({"warm": 1}, routing_key="bench")
+            # The queue must exist on an amqp broker (redis creates the list on LPUSH);
+            # the declaration is carried by the spilled records.
+            producer.publish({"warm": 1}, routing_key="bench", declare=[Queue("bench")])
             base = current_rss_mb()
             body = {"args": [1, 2], "kwargs": {}, "pad": "x" * 200}
             started = time.perf_counter()
@@ -175,6 +187,98 @@ def spill_then_adopt(
     return server, spilled, adopter, started
 
 
+def main_amqp(args: argparse.Namespace) -> None:
+    """The same measurements against a RabbitMQ node (confirms, alarms)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.rabbitmq_server import RabbitMQServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="durable-bench-"))
+    env = dict(os.environ, CELERY_DURABLE_DIR=str(tmp / "durable"),
+               PYTHONPATH=str(ROOT))  # fmt: skip
+    server = RabbitMQServer().start()
+    dead = free_port()
+    try:
+
+        def rate(label: str, url: str, options: dict | None = None) -> float:
+            vhost = server.new_vhost()
+            url = url.replace("VHOST", vhost)
+            value = run_child(
+                {"kind": "apply_async", "url": url, "n": args.n, "options": options or {}}, env
+            )["rate"]
+            print(f"  {label:<44} {value:>10,.0f} /s", flush=True)
+            shutil.rmtree(tmp / "durable", ignore_errors=True)
+            return float(value)
+
+        base = f"amqp://guest:guest@127.0.0.1:{server.port}/VHOST"
+        print(f"apply_async, {args.n:,} calls per configuration (fresh process and vhost each):")
+        memory = rate("memory://", "memory://")
+        plain = rate("amqp://", base)
+        confirmed = rate("amqp:// confirm_publish=True", base, {"confirm_publish": True})
+        modes = {
+            mode: rate(f"durable+amqp:// {mode}", "durable+" + base, {"publish_mode": mode})
+            for mode in ("direct", "buffered", "wal")
+        }
+        down_url = f"durable+amqp://guest:guest@127.0.0.1:{dead}//"
+        down = {
+            mode: rate(f"durable+amqp:// {mode}, broker down", down_url, {"publish_mode": mode})
+            for mode in ("direct", "wal")
+        }
+        server.set_memory_watermark(0.0000001)
+        try:
+            blocked = rate("durable+amqp:// direct, memory alarm", "durable+" + base,
+                           {"publish_mode": "direct"})  # fmt: skip
+        finally:
+            server.set_memory_watermark(0.4)
+
+        print(f"\ndrain: {args.backlog:,} spilled messages, then the broker comes back")
+        vhost = server.new_vhost()
+        url = "durable+" + base.replace("VHOST", vhost)
+        server.kill()
+        spilled = run_child({"kind": "spill", "url": url, "n": args.backlog}, env, timeout=1800)
+        server.start()
+        adopter = subprocess.Popen(
+            [sys.executable, __file__, "--child",
+             json.dumps({"kind": "adopt", "url": url, "n": 0, "hold": 900})],
+            env=env,
+        )  # fmt: skip
+        first = last = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            try:
+                n = server.queue_length("bench", vhost)
+            except Exception:  # not declared yet
+                n = 0
+            now = time.monotonic()
+            if n and first is None:
+                first = (now, n)
+            if n >= args.backlog + 1:
+                last = now
+                break
+            time.sleep(0.05)
+        adopter.kill()
+        assert first is not None and last is not None, "backlog did not drain"
+        drain_rate = (args.backlog + 1 - first[1]) / max(last - first[0], 1e-6)
+        print(f"  spilled at {spilled['rate']:,.0f}/s (Kombu publish, broker down); "
+              f"drained at {drain_rate:,.0f} msg/s (confirmed batches)")  # fmt: skip
+
+        print("\nsummary (ratios against the same run's baselines):")
+        table = [
+            ("direct / amqp:// confirm_publish", modes["direct"] / confirmed, ">= 1.0"),
+            ("direct / amqp:// (unconfirmed)", modes["direct"] / plain, "(info)"),
+            ("buffered / memory://", modes["buffered"] / memory, ">= 0.9"),
+            ("wal / memory://", modes["wal"] / memory, ">= 0.9"),
+            ("direct, broker down / memory://", down["direct"] / memory, ">= 0.8"),
+            ("wal, broker down / memory://", down["wal"] / memory, ">= 0.8"),
+            ("direct, memory alarm / memory://", blocked / memory, ">= 0.8"),
+        ]
+        for label, value, target in table:
+            print(f"  {label:<36} {value:5.2f}x   target {target}")
+        print(f"  {'drain rate':<36} {drain_rate:,.0f} msg/s   target >= 20,000")
+    finally:
+        server.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000, help="apply_async calls per run")
@@ -184,10 +288,14 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--spill", type=int, default=1_000_000, help="0: skip")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--broker", choices=("redis", "amqp"), default="redis")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
+        return
+    if args.broker == "amqp":
+        main_amqp(args)
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="durable-bench-"))

@@ -27,6 +27,9 @@ __all__ = ["__version__", "dead_letter", "enable_restore_schedule"]
 TRANSPORTS: dict[str, str] = {
     "redis": "celery_durable.transport.redis:DurableRedisTransport",
     "rediss": "celery_durable.transport.redis:DurableRedisTransport",
+    "amqp": "celery_durable.transport.amqp:DurableAmqpTransport",
+    "pyamqp": "celery_durable.transport.amqp:DurableAmqpTransport",
+    "amqps": "celery_durable.transport.amqp:DurableAmqpTransport",
     "sentinel": "celery_durable.transport.sentinel:DurableSentinelTransport",
 }
 

@@ -67,12 +67,13 @@ import weakref
 from typing import Any
 
 from kombu.transport import base
+from kombu.transport import pyamqp as kombu_pyamqp
 from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 
 from .. import TRANSPORTS
 from ..exceptions import ConfigError
-from .url import PREFIX, check_url
+from .url import PREFIX, check_url, presented_scheme
 
 __all__ = [
     "Transport",
@@ -101,7 +102,10 @@ def inner_scheme(client: Any) -> str:
         if isinstance(url, str) and url.startswith(f"{PREFIX}+") and "://" in url:
             return str(url[len(PREFIX) + 1 :].split("://", 1)[0]).lower()
         break
-    return DEFAULT_SCHEME
+    # A clone of a connection whose transport was built after the clone read
+    # transport_cls (Kombu's Connection._info): its fields are already the
+    # inner ones, and a single URL leaves no alternates to read.
+    return presented_scheme(client) or DEFAULT_SCHEME
 
 
 def transport_class(scheme: str) -> type[Transport]:
@@ -195,16 +199,19 @@ class Transport(base.Transport):
     from then on.
 
     Kombu reads error classes from the class the alias names before any
-    instance exists (``Connection.connection_errors``), so they are the inner
-    transports' here.
+    instance exists (``Connection.connection_errors``, Celery's consumer
+    before it connects), and ``durable`` names this class whatever the inner
+    broker: they are the union of every inner transport's (redis and py-amqp).
     """
 
     can_parse_url = True  # keep the inner URL whole; the subclass parses it
     default_port = kombu_redis.DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "redis"
     driver_name = "redis"
-    connection_errors = kombu_redis.Transport.connection_errors
-    channel_errors = kombu_redis.Transport.channel_errors
+    connection_errors = (
+        kombu_redis.Transport.connection_errors + kombu_pyamqp.Transport.connection_errors
+    )
+    channel_errors = kombu_redis.Transport.channel_errors + kombu_pyamqp.Transport.channel_errors
 
     def __new__(cls, client: Any = None, **kwargs: Any) -> Any:
         if cls is Transport:

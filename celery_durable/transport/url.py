@@ -25,7 +25,7 @@ from kombu.utils.url import as_url, parse_url
 
 from ..exceptions import ConfigError
 
-__all__ = ["PREFIX", "Address", "check_url", "inner_address", "present"]
+__all__ = ["PREFIX", "Address", "check_url", "inner_address", "present", "presented_scheme"]
 
 #: The scheme prefix Kombu splits off (``durable+redis://`` -> transport ``durable``).
 PREFIX = "durable"
@@ -110,6 +110,24 @@ def present(client: Any, address: Address) -> None:
     client.transport_cls = f"{PREFIX}+{address.scheme}"
     # Kombu prefixes info()'s hostname with it; as_uri() is ours (can_parse_url).
     client.uri_prefix = None
+    _PRESENTED[_fields(client)] = address.scheme
+
+
+#: Address fields of every connection :func:`present` rewrote -> its inner scheme.
+#: ``Connection.clone()`` reads ``transport_cls`` *before* it builds the
+#: transport (``_info``), so a clone of a connection not yet used gets
+#: ``transport="durable"`` and the already rewritten fields (``127.0.0.1``,
+#: port, virtual host): no inner scheme left.  This is where it is found again.
+_PRESENTED: dict[tuple[Any, ...], str] = {}
+
+
+def _fields(client: Any) -> tuple[Any, ...]:
+    return (client.hostname, client.port, client.userid, client.virtual_host)
+
+
+def presented_scheme(client: Any) -> str | None:
+    """The inner scheme of a connection with the fields of one :func:`present` rewrote."""
+    return _PRESENTED.get(_fields(client))
 
 
 def check_url(url: str) -> None:
@@ -121,7 +139,7 @@ def _scheme_of(client: Any, default: str) -> str:
     transport = client.transport_cls
     if isinstance(transport, str) and transport.startswith(f"{PREFIX}+"):
         return transport[len(PREFIX) + 1 :]
-    return default
+    return presented_scheme(client) or default
 
 
 def _parse(url: str, shown: str) -> dict[str, Any]:

@@ -27,6 +27,17 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
+if os.environ.get("DURABLE_QUORUM"):
+    # RabbitMQ tests: ``record`` goes to a quorum queue, everything else to the
+    # default classic queue.
+    from kombu import Queue
+
+    app.conf.task_queues = [
+        Queue("celery"),
+        Queue("quorum", durable=True, queue_arguments={"x-queue-type": "quorum"}),
+    ]
+    app.conf.task_routes = {"durable_app.record": {"queue": "quorum"}}
+
 _results: redis.Redis | None = None
 
 
