@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.redis_aof import popped_never_unacked
 from tests.helpers.wait import wait_for
 
 from .conftest import Cluster, assert_ordered, duplicates
@@ -52,9 +54,33 @@ def test_broker_stopped_during_two_producers(cluster: Cluster) -> None:
     for p in producers:
         assert p.wait(120) == 0, p.output()[-2000:]
     expected = {(name, seq) for name in ("p1", "p2") for seq in range(5000)}
-    arrivals = cluster.wait_arrived(expected, timeout=180)
+
+    # redis's own consumer window, counted apart: a message the worker's BRPOP
+    # took (the pop is in the AOF) whose reply died with redis never reaches
+    # Kombu's unacked hash.  Plain Kombu loses it too; see the FAQ.
+    def in_redis_window() -> set[tuple[str, int]]:
+        lost = popped_never_unacked(cluster.broker.dir)
+        return {ast.literal_eval(m["headers"]["argsrepr"]) for m in lost}
+
+    def settled() -> bool:
+        client = cluster.broker.client()
+        idle = client.llen("celery") == 0 and client.hlen("unacked") == 0
+        return idle and expected - set(cluster.arrivals()) <= in_redis_window()
+
+    wait_for(
+        settled,
+        timeout=180,
+        interval=0.5,
+        message=lambda: f"missing {sorted(expected - set(cluster.arrivals()))[:10]}",
+    )
+    arrivals = cluster.arrivals()
+    missing = expected - set(arrivals)
+    assert len(missing) <= 1, missing  # one BRPOP in flight per consumer connection
     assert_ordered(cluster.arrivals(redelivered=False))
-    print(f"10,000 sent, {len(set(arrivals))} executed, {duplicates(arrivals)} duplicates")
+    print(
+        f"10,000 sent, {len(set(arrivals))} executed, {duplicates(arrivals)} duplicates, "
+        f"{len(missing)} lost in redis's BRPOP reply window"
+    )
 
 
 def test_broker_frozen_publish_never_blocks(cluster: Cluster) -> None:
