@@ -47,6 +47,7 @@ __all__ = [
     "new_store_path",
     "parse_name",
     "quarantine_store",
+    "set_aside_damaged",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,14 @@ def _age_key(path: Path) -> tuple[float, str]:
         return (path.stat().st_mtime, path.name)
 
 
+def set_aside_damaged(path: str | os.PathLike[str], exc: StoreDamaged) -> None:
+    """Quarantine an unowned store LevelDB cannot read; log if even the move fails."""
+    try:
+        quarantine_store(path, str(exc))
+    except SpillError as move:
+        logger.error("celery-durable: %s; %s", exc, move)
+
+
 def quarantine_store(path: str | os.PathLike[str], reason: str) -> Path:
     """Move the (closed) store ``path`` to ``quarantine/`` next to it; return the new path.
 
@@ -199,10 +208,7 @@ def find_orphans(spill_dir: str | os.PathLike[str]) -> list[Path]:
         except StoreLocked:
             continue
         except StoreDamaged as exc:
-            try:
-                quarantine_store(path, str(exc))
-            except SpillError as move:
-                logger.error("celery-durable: %s; %s", exc, move)
+            set_aside_damaged(path, exc)
             continue
         except SpillError as exc:
             logger.error("celery-durable: cannot adopt spill store %s: %s", path, exc)

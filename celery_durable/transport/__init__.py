@@ -63,6 +63,7 @@ Every other key goes to the inner transport unchanged (``visibility_timeout``,
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
@@ -73,6 +74,8 @@ from kombu.utils.imports import symbol_by_name
 
 from .. import TRANSPORTS
 from ..exceptions import ConfigError
+from .registry import Spiller, get_spiller
+from .router import PublishRouter
 from .url import PREFIX, check_url, presented_scheme
 
 __all__ = [
@@ -218,9 +221,38 @@ class Transport(base.Transport):
             cls = transport_class(inner_scheme(client))
         return super().__new__(cls)
 
+    #: (kind, inner URL, options): one Spiller per process and key (set by subclasses).
+    _spiller_key: tuple[Any, ...]
+    _router_cache: tuple[int, PublishRouter] | None = None
+
     @classmethod
     def address_of(cls, client: Any) -> Any:
         """The inner broker's :class:`~celery_durable.transport.url.Address` for ``client``."""
+        raise NotImplementedError
+
+    @property
+    def spiller(self) -> Spiller:
+        """This process's Spiller (a forked child gets its own, never its parent's).
+
+        Created on first use, without side effects: its drainer starts (and
+        adopts dead processes' stores) on the first message that is not sent
+        directly, or on ``spiller.start()`` (worker and beat hooks).
+        """
+        return get_spiller(self._spiller_key, self._new_spiller)
+
+    @property
+    def router(self) -> PublishRouter:
+        """This process's publish router for this broker (cached: it is on every publish)."""
+        pid = os.getpid()
+        cached = self._router_cache
+        if cached is not None and cached[0] == pid and not cached[1].closed:
+            return cached[1]
+        router = self.spiller.router
+        self._router_cache = (pid, router)
+        return router
+
+    def _new_spiller(self) -> Spiller:
+        """Build this broker's Spiller (its forwarder and store directory)."""
         raise NotImplementedError
 
 

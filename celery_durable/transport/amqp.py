@@ -27,7 +27,6 @@ Consuming, acking, heartbeats and the event loop are Kombu's and py-amqp's own
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -52,8 +51,7 @@ from .confirms import (
 )
 from .naming import broker_dir_name, safe_url
 from .options import split_options
-from .registry import Spiller, get_spiller
-from .router import PublishRouter
+from .registry import Spiller
 from .url import Address, inner_address, present
 
 __all__ = ["DurableAmqpChannel", "DurableAmqpConnection", "DurableAmqpTransport"]
@@ -356,7 +354,6 @@ class DurableAmqpTransport(pyamqp.Transport, Transport):
     """The transport behind ``durable+amqp://``, ``durable+pyamqp://``, ``durable+amqps://``."""
 
     Connection = DurableAmqpConnection
-    _router_cache: tuple[int, PublishRouter] | None = None
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         address = self.address_of(client)
@@ -388,27 +385,6 @@ class DurableAmqpTransport(pyamqp.Transport, Transport):
         return self.address.as_uri(include_password, mask)
 
     # -- the spiller --------------------------------------------------------------------
-    @property
-    def spiller(self) -> Spiller:
-        """This process's Spiller (a forked child gets its own, never its parent's).
-
-        Created on first use, without side effects: its drainer starts (and
-        adopts dead processes' stores) on the first message that is not sent
-        directly, or on ``spiller.start()`` (worker and beat hooks).
-        """
-        return get_spiller(self._spiller_key, self._new_spiller)
-
-    @property
-    def router(self) -> PublishRouter:
-        """This process's publish router for this broker (cached: it is on every publish)."""
-        pid = os.getpid()
-        cached = self._router_cache
-        if cached is not None and cached[0] == pid and not cached[1].closed:
-            return cached[1]
-        router = self.spiller.router
-        self._router_cache = (pid, router)
-        return router
-
     def _new_spiller(self) -> Spiller:
         forwarder = AmqpForwarder(self.connection_params(), self.options.publish_timeout)
         store_dir = self.options.spill_dir / broker_dir_name(self.inner_url)

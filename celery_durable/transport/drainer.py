@@ -26,7 +26,8 @@ import time
 
 from .. import metrics
 from ..exceptions import SpillError, StoreDamaged
-from ..spill import SpillStore, StoreLocked, find_orphans, forksafe, quarantine_store
+from ..spill import SpillStore, StoreLocked, find_orphans, forksafe
+from ..spill.directory import set_aside_damaged
 from .forwarder import ForwardsBatches
 from .router import PublishRouter
 
@@ -128,11 +129,8 @@ class Drainer:
                 store = SpillStore(path, max_bytes=self.options.spill_max_bytes)
             except StoreLocked:
                 continue  # another live process adopted it first
-            except StoreDamaged as exc:
-                try:
-                    quarantine_store(path, str(exc))
-                except SpillError as move:
-                    logger.error("celery-durable: %s; %s", exc, move)
+            except StoreDamaged as exc:  # damaged since find_orphans looked
+                set_aside_damaged(path, exc)
                 continue
             except SpillError as exc:
                 logger.error("celery-durable: cannot adopt spill store %s: %s", path, exc)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import ssl
 import sys
 import time
@@ -56,8 +55,7 @@ from .batch import DurablePublishBatch, Pending
 from .forwarder import Forwarder, prepare_message
 from .naming import broker_dir_name, safe_url
 from .options import split_options
-from .registry import Spiller, get_spiller
-from .router import PublishRouter
+from .registry import Spiller
 from .url import Address, inner_address, present
 
 __all__ = ["BROKER_DOWN", "DurableRedisChannel", "DurableRedisTransport", "GuardedRedisTransport"]
@@ -372,7 +370,6 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
     Channel = DurableRedisChannel
     # Kombu >= 5.7 batches (``implements.batch_publish``, inherited) go through
     # DurableRedisChannel.create_publish_batch: they spill like single publishes.
-    _router_cache: tuple[int, PublishRouter] | None = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         # The worker's consumer registers right after connecting; redis then
@@ -437,27 +434,6 @@ class DurableRedisTransport(kombu_redis.Transport, Transport):
                 f"celery-durable: {self.address.as_uri()} is down; trying the next failover URL"
             )
         return connection
-
-    @property
-    def spiller(self) -> Spiller:
-        """This process's Spiller (a forked child gets its own, never its parent's).
-
-        Created on first use, without side effects: its drainer starts (and
-        adopts dead processes' stores) on the first message that is not sent
-        directly, or on ``spiller.start()`` (worker and beat hooks).
-        """
-        return get_spiller(self._spiller_key, self._new_spiller)
-
-    @property
-    def router(self) -> PublishRouter:
-        """This process's publish router for this broker (cached: it is on every publish)."""
-        pid = os.getpid()
-        cached = self._router_cache
-        if cached is not None and cached[0] == pid and not cached[1].closed:
-            return cached[1]
-        router = self.spiller.router
-        self._router_cache = (pid, router)
-        return router
 
     def _new_spiller(self) -> Spiller:
         forwarder = Forwarder(
