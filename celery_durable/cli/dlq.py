@@ -37,6 +37,22 @@ url_option = click.option(
     help_group="Store Options",
     help="Dump store URL (default: the app's durable_dlq_url).",
 )
+# The selection options every listing command shares (``ls``, ``purge``, ``export``).
+task_option = click.option(
+    "--task",
+    "task",
+    cls=CeleryOption,
+    default=None,
+    help_group="Selection Options",
+    help="Only dumps of this task name.",
+)
+parked_option = click.option(
+    "--parked",
+    cls=CeleryOption,
+    is_flag=True,
+    help_group="Selection Options",
+    help="Only parked dumps (max restore attempts reached).",
+)
 
 
 @click.group(name="dlq", cls=DurableGroup)
@@ -88,14 +104,7 @@ def _selected(
 
 
 @dlq.command(name="ls")
-@click.option(
-    "--task",
-    "task",
-    cls=CeleryOption,
-    default=None,
-    help_group="Selection Options",
-    help="Only dumps of this task name.",
-)
+@task_option
 @click.option(
     "--json",
     "as_json",
@@ -104,13 +113,7 @@ def _selected(
     help_group="Output Options",
     help="One JSON object per line.",
 )
-@click.option(
-    "--parked",
-    cls=CeleryOption,
-    is_flag=True,
-    help_group="Selection Options",
-    help="Only parked dumps (max restore attempts reached).",
-)
+@parked_option
 @filter_options
 @url_option
 @click.pass_context
@@ -176,21 +179,8 @@ def show(ctx: click.Context, task_id: str, url: str | None) -> None:
 
 
 @dlq.command(name="purge")
-@click.option(
-    "--parked",
-    cls=CeleryOption,
-    is_flag=True,
-    help_group="Selection Options",
-    help="Only parked dumps.",
-)
-@click.option(
-    "--task",
-    "task",
-    cls=CeleryOption,
-    default=None,
-    help_group="Selection Options",
-    help="Only dumps of this task name.",
-)
+@parked_option
+@task_option
 @click.option(
     "-f",
     "--force",
@@ -230,21 +220,8 @@ def purge(
 
 
 @dlq.command(name="export")
-@click.option(
-    "--task",
-    "task",
-    cls=CeleryOption,
-    default=None,
-    help_group="Selection Options",
-    help="Only dumps of this task name.",
-)
-@click.option(
-    "--parked",
-    cls=CeleryOption,
-    is_flag=True,
-    help_group="Selection Options",
-    help="Only parked dumps.",
-)
+@task_option
+@parked_option
 @click.option(
     "-o",
     "--output",
