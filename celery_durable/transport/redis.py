@@ -55,6 +55,7 @@ from .batch import DurablePublishBatch, Pending
 from .forwarder import Forwarder, prepare_message
 from .naming import broker_dir_name, safe_url
 from .options import split_options
+from .refusals import refusing_connection_class
 from .registry import Spiller
 from .url import Address, inner_address, present
 
@@ -77,7 +78,13 @@ _ADDED_BY_KOMBU = frozenset({"delivery_info", "delivery_tag", "body_encoding"})
 
 
 class GuardedRedisChannel(kombu_redis.Channel):
-    """Kombu's redis channel plus the route guard (used by the drainer too)."""
+    """Kombu's redis channel plus the route guard (used by the drainer too).
+
+    A server refusing writes (``NOREPLICAS``, ``READONLY``) is down: see :mod:`.refusals`.
+    """
+
+    connection_class = refusing_connection_class(kombu_redis.Channel.connection_class)
+    connection_class_ssl = refusing_connection_class(kombu_redis.Channel.connection_class_ssl)
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
         queues = super()._lookup(exchange, routing_key, default)

@@ -27,7 +27,7 @@ window and the consumer's "needs a live broker" rule are the same code as
 * The drainer's connection is a fresh Kombu Sentinel connection after every
   failure, so the backlog goes to the master Sentinel names *now*.
 * A master that refuses writes for want of replicas (``NOREPLICAS``, with
-  ``min-replicas-to-write``) is down too: :class:`NoReplicasIsDown`.
+  ``min-replicas-to-write``) is down too (:mod:`.refusals`).
 * Spill stores are keyed by master name, database and the (sorted) Sentinel
   set, never by a master's address: a store written before a failover is the
   same store after it (:func:`spill_identity`).
@@ -53,6 +53,7 @@ from .forwarder import Forwarder
 from .naming import broker_dir_name, safe_url
 from .options import split_options
 from .redis import BROKER_DOWN, DurableRedisChannel, DurableRedisTransport, GuardedRedisChannel
+from .refusals import refusing_connection_class
 from .spiller import Spiller
 from .url import Address
 
@@ -203,33 +204,10 @@ def _masked(url: str) -> str:
     return f"{head}://***@{rest.split('@', 1)[1]}"
 
 
-class NoReplicasIsDown:
-    """Mixin for redis-py connections: a master refusing writes it cannot replicate is down.
-
-    With ``min-replicas-to-write`` (the guard against losing acknowledged writes
-    in a failover, see docs/high-availability.md) a master without enough
-    replicas answers writes with ``NOREPLICAS``, a plain ``ResponseError``: the
-    publish would raise to the caller, the drainer would log a traceback.  As a
-    ``ConnectionError`` it is an outage: publishes spill, the drainer backs off.
-    """
-
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except redis_py.exceptions.ResponseError as exc:
-            if not str(exc).startswith("NOREPLICAS"):
-                raise
-            self.disconnect()  # type: ignore[attr-defined]  # replies may be pending
-            raise redis_py.exceptions.ConnectionError(f"master refuses writes: {exc}") from exc
-
-
-class _MasterConnection(NoReplicasIsDown, redis_sentinel.SentinelManagedConnection):
-    pass
-
-
-_SSL_BASE: Any = getattr(kombu_redis, "SentinelManagedSSLConnection", None)  # kombu >= 5.5
-_MasterSSLConnection: Any = (
-    type("_MasterSSLConnection", (NoReplicasIsDown, _SSL_BASE), {}) if _SSL_BASE else None
+_MasterConnection: Any = refusing_connection_class(redis_sentinel.SentinelManagedConnection)
+# kombu >= 5.5 has a Sentinel SSL connection class
+_MasterSSLConnection: Any = refusing_connection_class(
+    getattr(kombu_redis, "SentinelManagedSSLConnection", None)
 )
 
 
