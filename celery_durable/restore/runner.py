@@ -322,7 +322,8 @@ def restore(
             if dry_run:
                 report.planned = plan
                 return report
-            _publish(app, producer, store, plan, opts, report, lock, chunk_size)
+            with store.batched_deletes():
+                _publish(app, producer, store, plan, opts, report, lock, chunk_size)
     except DurableError:
         raise
     except Exception as exc:  # the broker, while planning (queue lengths)
