@@ -94,12 +94,13 @@ def _kombu_json_serializer() -> bool:
 
 
 class Envelopes:
-    """Builds the redis list entries of a chunk for one Kombu redis channel."""
+    """Builds the redis list entries of restored messages for one Kombu redis channel."""
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         # (exchange, routing_key, priority) -> (redis lists, x-expires queues + TTL)
-        self._routes: dict[tuple[str, str, Any], tuple[list[str], list[tuple[str, int]]]] = {}
+        self._routes: dict[tuple[str, str, Any], tuple[tuple[str, ...], list[tuple[str, int]]]] = {}
+        self._tags: list[str] = []
 
     @classmethod
     def for_channel(cls, channel: Any, serializer: str) -> Envelopes | None:
@@ -109,64 +110,74 @@ class Envelopes:
             return None
         return cls(channel)
 
+    def usable(self, m: Republish) -> bool:
+        """The default exchange or a direct one, to a queue without ``x-expires``."""
+        ch = self.channel
+        if m.exchange and ch.typeof(m.exchange).type != "direct":
+            return False
+        return m.queue not in (getattr(ch, "_expires", None) or {})
+
     def _route(
         self, exchange: str, routing_key: str, priority: Any
-    ) -> tuple[list[str], list[tuple[str, int]]]:
+    ) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
         """The channel's own routing and priority lists (``_lookup``, ``_q_for_pri``)."""
         ch = self.channel
         level = ch._get_message_priority({"properties": {"priority": priority}}, reverse=False)
         queues = list(ch._lookup(exchange, routing_key))
         expires = getattr(ch, "_expires", None) or {}
         route = (
-            [ch._q_for_pri(q, level) for q in queues],
+            tuple(ch._q_for_pri(q, level) for q in queues),
             [(q, expires[q]) for q in queues if q in expires],
         )
         self._routes[(exchange, routing_key, priority)] = route
         return route
 
-    def build(self, chunk: Sequence[Republish]) -> tuple[dict[str, list[str]], dict[str, int]]:
-        """``(redis list -> entries in publish order, x-expires queue -> TTL ms)``.
+    def encode(self, m: Republish) -> tuple[str, tuple[str, ...]]:
+        """``(the envelope text, the redis lists it goes to)`` for ``m``.
 
-        Raises ``EncodeError`` when a body cannot be serialized (as Kombu's publish).
+        Raises ``EncodeError`` when the body cannot be serialized (as Kombu's publish).
         """
+        body = None
+        if _C_ENCODE is not None:
+            try:
+                body = "".join(_C_ENCODE(m.body, 0))
+            except Exception:  # noqa: S110 - Kombu's serializer below says why
+                pass
+        if body is None:
+            _, _, body = serialize(m.body, serializer="json")  # raises EncodeError
+        if not self._tags:
+            self._tags = uuid4_strings(256)
+        # What Producer.publish + prepare_message + _inplace_augment_message set.
+        properties = dict(m.properties)
+        priority = properties.pop("priority", None) or self.channel.default_priority
+        if not properties.get("delivery_mode"):
+            properties["delivery_mode"] = _PERSISTENT
+        properties["delivery_info"] = {"exchange": m.exchange, "routing_key": m.routing_key}
+        properties["priority"] = priority
+        properties["body_encoding"] = "base64"
+        properties["delivery_tag"] = self._tags.pop()
+        # The envelope dict Kombu encodes, in its key order; the base64 body
+        # needs no JSON escaping, so it is spliced in rather than scanned.
+        rest = json_text({"headers": m.headers, "properties": properties})
+        text = _HEAD + base64.b64encode(body.encode("utf-8")).decode("ascii") + _MIDDLE + rest[1:]
+        route = self._routes.get((m.exchange, m.routing_key, priority))
+        if route is None:
+            route = self._route(m.exchange, m.routing_key, priority)
+        return text, route[0]
+
+    def build(self, chunk: Sequence[Republish]) -> tuple[dict[str, list[str]], dict[str, int]]:
+        """``(redis list -> entries in publish order, x-expires queue -> TTL ms)``."""
         lists: dict[str, list[str]] = {}
         expiring: dict[str, int] = {}
-        default_priority = self.channel.default_priority
-        b64 = base64.b64encode
-        encode = _C_ENCODE
-        for m, tag in zip(chunk, uuid4_strings(len(chunk)), strict=True):
-            body = None
-            if encode is not None:
-                try:
-                    body = "".join(encode(m.body, 0))
-                except Exception:  # noqa: S110 - Kombu's serializer below says why
-                    pass
-            if body is None:
-                _, _, body = serialize(m.body, serializer="json")  # raises EncodeError
-            # What Producer.publish + prepare_message + _inplace_augment_message set.
-            properties = dict(m.properties)
-            priority = properties.pop("priority", None) or default_priority
-            if not properties.get("delivery_mode"):
-                properties["delivery_mode"] = _PERSISTENT
-            properties["delivery_info"] = {"exchange": m.exchange, "routing_key": m.routing_key}
-            properties["priority"] = priority
-            properties["body_encoding"] = "base64"
-            properties["delivery_tag"] = tag
-            # The envelope dict Kombu encodes, in its key order; the base64 body
-            # needs no JSON escaping, so it is spliced in rather than scanned.
-            rest = json_text({"headers": m.headers, "properties": properties})
-            text = (
-                _HEAD + b64(body.encode("utf-8")).decode("ascii") + _MIDDLE + rest[1:]
-            )
-            route = self._routes.get((m.exchange, m.routing_key, priority))
-            if route is None:
-                route = self._route(m.exchange, m.routing_key, priority)
-            for name in route[0]:
-                found = lists.get(name)
-                if found is None:
-                    lists[name] = [text]
-                else:
-                    found.append(text)
+        for m in chunk:
+            text, names = self.encode(m)
+            for name in names:
+                lists.setdefault(name, []).append(text)
+            route = self._routes[(m.exchange, m.routing_key, _priority_of(m, self.channel))]
             for queue, ttl in route[1]:
                 expiring[queue] = ttl
         return lists, expiring
+
+
+def _priority_of(m: Republish, channel: Any) -> Any:
+    return m.properties.get("priority") or channel.default_priority

@@ -50,6 +50,14 @@ class Republish:
     #: The queue it lands in: what rate control measures.
     queue: str
 
+    @property
+    def entry_id(self) -> str:
+        return self.entry.entry_id
+
+    @property
+    def failed_at(self) -> float:
+        return self.entry.failed_at
+
 
 def target_queue(exchange: str, routing_key: str, delivery_info: dict[str, Any], app: Any) -> str:
     """The queue a message published to ``exchange``/``routing_key`` lands in."""

@@ -39,7 +39,7 @@ from ..redis_pipeline import push
 from .envelope import Envelopes
 from .message import Republish
 
-__all__ = ["pipeline_publisher", "publish_batch"]
+__all__ = ["pipeline_publisher", "publish_batch", "push_lists"]
 
 _PERSISTENT = 2
 
@@ -64,7 +64,7 @@ class _RedisPipelinePublisher:
             self._envelopes[serializer] = Envelopes.for_channel(self.channel, serializer)
         envelopes = self._envelopes[serializer]
         if envelopes is not None:
-            _push_lists(self.channel, *envelopes.build(chunk))
+            push_lists(self.channel, *envelopes.build(chunk))
             return
         ch = self.channel
         prepared = []
@@ -81,7 +81,7 @@ class _RedisPipelinePublisher:
         push(ch, prepared)
 
 
-def _push_lists(channel: Any, lists: dict[str, list[str]], expiring: dict[str, int]) -> None:
+def push_lists(channel: Any, lists: dict[str, list[str]], expiring: dict[str, int]) -> None:
     """One pipeline: one multi-value LPUSH per list, then Kombu's PEXPIREs; waits for redis."""
     with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
         for name, values in lists.items():

@@ -307,8 +307,18 @@ class FileStore(DumpStore):
     def _decoded(
         self, seg: _Segment, deleted: set[int]
     ) -> tuple[list[DumpEntry], list[QuarantinedDump]]:
-        entries: list[DumpEntry] = []
         bad: list[QuarantinedDump] = []
+        return list(self._decode(seg, deleted, bad)), bad
+
+    def _decode(
+        self, seg: _Segment, deleted: set[int], bad: list[QuarantinedDump]
+    ) -> Iterator[DumpEntry]:
+        """The live entries of ``seg`` one by one (what cannot be read goes to ``bad``).
+
+        One at a time, not a segment's list: a restore keeps none of them, and
+        thousands alive at once would be promoted into the garbage collector's
+        oldest generation and set off its full collections.
+        """
         good, damaged = seg.records()
         if len(self._damaged) >= 10_000:
             self._damaged.clear()
@@ -316,11 +326,12 @@ class FileStore(DumpStore):
         for offset, reason in damaged:
             self._count_damage(seg.path.name, offset)
             bad.append(QuarantinedDump(f"{seg.path}@{offset}", reason, seg.version))
+        decode = self.codec.decode
         for index, payload in good:
             if index in deleted:
                 continue
             try:
-                entry = self.codec.decode(payload)
+                entry = decode(payload)
             except ContentDisallowed as exc:
                 bad.append(QuarantinedDump(f"{seg.path}#{index}", f"not accepted: {exc}"))
                 continue
@@ -331,15 +342,14 @@ class FileStore(DumpStore):
             entry.entry_id = f"{seg.stem}:{index:06d}"
             if not entry.host:
                 entry.host = str(seg.meta.get("host", ""))
-            entries.append(entry)
-        return entries, bad
+            yield entry
 
     def entries(self, *, task: str | None = None) -> Iterator[DumpEntry]:
         deleted = self._tombstones()
         for seg in self._segments():
             if isinstance(seg, QuarantinedDump):
                 continue
-            for entry in self._decoded(seg, deleted.get(seg.stem, set()))[0]:
+            for entry in self._decode(seg, deleted.get(seg.stem, set()), []):
                 if task is None or entry.task_name == task:
                     yield entry
 
