@@ -72,7 +72,7 @@ class DumpEntry:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DumpEntry:
         known = cls.__dataclass_fields__
-        if cls is DumpEntry and data.keys() <= known.keys() and _REQUIRED <= data.keys():
+        if cls is DumpEntry and data.keys() <= known.keys() and data.keys() >= _REQUIRED:
             # What __init__ would do, without its keyword-argument call (a restore
             # reads thousands of dumps per second); the defaults are the fields'.
             entry = object.__new__(cls)

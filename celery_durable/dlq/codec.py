@@ -86,10 +86,10 @@ class Codec:
     def decode(self, payload: bytes) -> DumpEntry:
         """Raises ``CorruptRecord`` for bad bytes, ``ContentDisallowed`` if not accepted."""
         if payload.startswith(_JSON_HEAD) and self._fast_json():
-            data = _plain_json(payload)
-            if type(data) is dict and "task_id" in data:
+            plain = _plain_json(payload)
+            if type(plain) is dict and "task_id" in plain:
                 try:
-                    return DumpEntry.from_dict(data)
+                    return DumpEntry.from_dict(plain)
                 except TypeError:
                     pass  # the slow path raises the error
         try:

@@ -22,6 +22,7 @@ Kombu's).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json.encoder
 import os
 from collections.abc import Sequence
@@ -36,7 +37,8 @@ from .message import Republish
 __all__ = ["Envelopes", "json_text", "uuid4_strings"]
 
 _PERSISTENT = 2
-# {"body": <base64>, "content-encoding": ..., "content-type": ..., "headers": ..., "properties": ...}
+# The envelope's text is {"body": <base64>, "content-encoding": "utf-8",
+# "content-type": "application/json", "headers": {...}, "properties": {...}}.
 _HEAD = '{"body": "'
 _MIDDLE = '", "content-encoding": "utf-8", "content-type": "application/json", '
 
@@ -63,10 +65,8 @@ _C_ENCODE: Any = (
 def json_text(obj: Any) -> str:
     """``kombu.utils.json.dumps(obj)``, without building an encoder per call."""
     if _C_ENCODE is not None and not isinstance(obj, str):
-        try:
+        with contextlib.suppress(Exception):  # Kombu's dumps below raises what Kombu raises
             return "".join(_C_ENCODE(obj, 0))
-        except Exception:  # noqa: S110 - Kombu's dumps below raises what Kombu raises
-            pass
     return str(kombu_json.dumps(obj))
 
 
@@ -78,7 +78,7 @@ def uuid4_strings(n: int) -> list[str]:
         raw[at + 2] = (raw[at + 2] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        f"{h[i:][:8]}-{h[i + 8 :][:4]}-{h[i + 12 :][:4]}-{h[i + 16 :][:4]}-{h[i + 20 :][:12]}"
         for i in range(0, 32 * n, 32)
     ]
 
@@ -137,14 +137,10 @@ class Envelopes:
 
         Raises ``EncodeError`` when the body cannot be serialized (as Kombu's publish).
         """
-        body = None
-        if _C_ENCODE is not None:
-            try:
-                body = "".join(_C_ENCODE(m.body, 0))
-            except Exception:  # noqa: S110 - Kombu's serializer below says why
-                pass
-        if body is None:
-            _, _, body = serialize(m.body, serializer="json")  # raises EncodeError
+        try:
+            body = "".join(_C_ENCODE(m.body, 0))
+        except Exception:  # no C encoder, or a value it refuses: Kombu's serializer
+            _, _, body = serialize(m.body, serializer="json")  # says why (EncodeError)
         if not self._tags:
             self._tags = uuid4_strings(256)
         # What Producer.publish + prepare_message + _inplace_augment_message set.

@@ -36,9 +36,9 @@ from ..dlq.base import DumpEntry, DumpStore
 from ..dlq.validate import entry_problem
 from ..exceptions import DurableError, RestoreError
 from ..settings import settings_for
+from .envelope import Envelopes
 from .gate import QueueGate
 from .lock import RunLock, run_lock
-from .envelope import Envelopes
 from .message import Republish, build_message
 from .pipeline import pipeline_publisher, publish_batch, push_lists
 from .policy import is_due, is_parked
@@ -264,9 +264,7 @@ def _plan(
             try:
                 text, lists = wire.encode(message)
             except Exception as exc:  # the body (or a header) is not JSON
-                _quarantine(
-                    entry, f"cannot serialize its body with json: {_describe(exc)}", report
-                )
+                _quarantine(entry, f"cannot serialize its body with json: {_describe(exc)}", report)
                 continue
             gate.added(message.queue)
             plan.append(Wired(text, lists, entry.entry_id, message.queue, entry.failed_at))
@@ -277,7 +275,7 @@ def _plan(
 
 
 def _publish_chunk(
-    producer: Any, chunk: list[Republish], serializer: str, compression: Any
+    producer: Any, chunk: Sequence[Republish], serializer: str, compression: Any
 ) -> None:
     """Publish ``chunk``; returns only once the broker accepted all of it."""
     with publish_batch(producer, max_size=4 * len(chunk) + 1):
@@ -342,9 +340,8 @@ def restore(
             producer = connection.Producer()
             lengths = _QueueLengths(connection)
             wire = None
-            if not dry_run and not app.conf.task_compression:
-                if pipeline_publisher(producer) is not None:
-                    wire = Envelopes.for_channel(producer.channel, app.conf.task_serializer)
+            if not dry_run and not app.conf.task_compression and pipeline_publisher(producer):
+                wire = Envelopes.for_channel(producer.channel, app.conf.task_serializer)
             try:
                 gate = QueueGate(
                     lengths,
