@@ -20,6 +20,7 @@ changes nothing and the C decoder alone gives the identical result.
 from __future__ import annotations
 
 import json
+import json.scanner
 import re
 import struct
 import zlib
@@ -55,9 +56,15 @@ def _plain_json(payload: bytes) -> Any:
     if b"\\u00" in payload and _ESCAPED_LETTER.search(payload) is not None:
         return None
     try:
-        return json.loads(payload[len(_JSON_HEAD) :].decode("utf-8"))
-    except ValueError:  # (UnicodeDecodeError too): let Kombu's path say what is wrong
+        text = payload[len(_JSON_HEAD) :].decode("utf-8")
+        # json.loads(text) minus its wrappers: the C scanner, then nothing may follow.
+        data, end = _scan(text, 0)
+    except (ValueError, StopIteration):  # let Kombu's path say what is wrong
         return None
+    return data if end == len(text) else None
+
+
+_scan = json.scanner.make_scanner(json.JSONDecoder())
 
 
 class Codec:

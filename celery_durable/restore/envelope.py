@@ -22,7 +22,6 @@ Kombu's).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json.encoder
 import os
 from collections.abc import Sequence
@@ -64,10 +63,10 @@ _C_ENCODE: Any = (
 
 def json_text(obj: Any) -> str:
     """``kombu.utils.json.dumps(obj)``, without building an encoder per call."""
-    if _C_ENCODE is not None and not isinstance(obj, str):
-        with contextlib.suppress(Exception):  # Kombu's dumps below raises what Kombu raises
-            return "".join(_C_ENCODE(obj, 0))
-    return str(kombu_json.dumps(obj))
+    try:
+        return "".join(_C_ENCODE(obj, 0))
+    except Exception:  # no C encoder, or a value it refuses: Kombu's dumps raises
+        return str(kombu_json.dumps(obj))  # what Kombu raises
 
 
 def uuid4_strings(n: int) -> list[str]:

@@ -231,6 +231,10 @@ def _plan(
     wire: Envelopes | None = None,
 ) -> list[Planned]:
     plan: list[Planned] = []
+    # Loop invariants hoisted: this loop runs once per dump in the store.
+    check_parked, max_attempts = not opts.include_parked, opts.max_attempts
+    check_due, backoff = not opts.ignore_backoff, opts.backoff
+    limit = opts.batch
     for seen, entry in enumerate(entries, 1):
         if seen % 5000 == 0:
             lock.refresh()  # a long walk over a big store must not let the lock lapse
@@ -240,14 +244,14 @@ def _plan(
             continue
         if select is not None and not select(entry):
             continue
-        if not opts.include_parked and is_parked(entry, opts.max_attempts):
+        if check_parked and is_parked(entry, max_attempts):
             _note_parked(entry)
             report.parked += 1
             continue
-        if not opts.ignore_backoff and not is_due(entry, opts.backoff, now):
+        if check_due and not is_due(entry, backoff, now):
             report.not_due += 1
             continue
-        if opts.batch is not None and len(plan) >= opts.batch:
+        if limit is not None and len(plan) >= limit:
             # The oldest due entry this run leaves behind: that is the lag.
             report.lag = max(report.lag, now - entry.failed_at)
             break

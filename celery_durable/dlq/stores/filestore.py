@@ -132,13 +132,14 @@ class _Segment:
         good: list[tuple[int, bytes]] = []
         damaged: list[tuple[int, str]] = []
         data, pos, index = self.data, self.body_at, 0
+        view = memoryview(data)  # the checksum reads the record in place
         while pos < len(data):
             if len(data) - pos < REC.size:
                 damaged.append((pos, "torn tail (record header cut short)"))
                 break
             marker, length, crc = REC.unpack_from(data, pos)
             start, end = pos + REC.size, pos + REC.size + length
-            if marker == REC_MAGIC and end <= len(data) and crc32(data[start:end]) == crc:
+            if marker == REC_MAGIC and end <= len(data) and crc32(view[start:end]) == crc:
                 good.append((index, data[start:end]))
                 index += 1
                 pos = end
