@@ -20,7 +20,7 @@ import contextlib
 import socket
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -72,22 +72,13 @@ class DumpEntry:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DumpEntry:
         known = cls.__dataclass_fields__
-        if cls is DumpEntry and data.keys() <= known.keys() and data.keys() >= _REQUIRED:
-            # What __init__ would do, without its keyword-argument call (a restore
-            # reads thousands of dumps per second); the defaults are the fields'.
+        if cls is DumpEntry and len(data) == len(known) and data.keys() == known.keys():
+            # Every field, as to_dict() wrote it: what __init__ would do, without its
+            # keyword-argument call (a restore reads thousands of dumps a second).
             entry = object.__new__(cls)
-            entry.__dict__.update(restores=0, entry_id="", version=1, extra={}, host="")
             entry.__dict__.update(data)
             return entry
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-#: The fields without a default: a dump missing one is not an entry.
-_REQUIRED = frozenset(
-    name
-    for name, f in DumpEntry.__dataclass_fields__.items()
-    if f.default is MISSING and f.default_factory is MISSING
-)
 
 
 @dataclass(frozen=True)

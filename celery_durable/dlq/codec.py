@@ -20,7 +20,6 @@ changes nothing and the C decoder alone gives the identical result.
 from __future__ import annotations
 
 import json
-import json.scanner
 import re
 import struct
 import zlib
@@ -37,7 +36,7 @@ from .base import DumpEntry
 __all__ = ["Codec", "codec_for_app", "crc32"]
 
 
-def crc32(data: bytes) -> int:
+def crc32(data: bytes | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
@@ -64,7 +63,7 @@ def _plain_json(payload: bytes) -> Any:
     return data if end == len(text) else None
 
 
-_scan = json.scanner.make_scanner(json.JSONDecoder())
+_scan: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # json.loads uses it
 
 
 class Codec:

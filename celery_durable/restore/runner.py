@@ -179,6 +179,7 @@ class Wired(NamedTuple):
 
 
 Planned = Republish | Wired
+_new_tuple = tuple.__new__
 
 
 def _note_parked(entry: DumpEntry) -> None:
@@ -271,7 +272,10 @@ def _plan(
                 _quarantine(entry, f"cannot serialize its body with json: {_describe(exc)}", report)
                 continue
             gate.added(message.queue)
-            plan.append(Wired(text, lists, entry.entry_id, message.queue, entry.failed_at))
+            # tuple.__new__: a NamedTuple's own __new__ is a Python call per message
+            plan.append(
+                _new_tuple(Wired, (text, lists, entry.entry_id, message.queue, entry.failed_at))
+            )
             continue
         gate.added(message.queue)
         plan.append(message)
