@@ -45,10 +45,31 @@ def _truncate(text: str, limit: int) -> str:
 def _iso(ts: Any) -> Any:
     """``ts`` (POSIX time) as UTC ISO 8601; a time no calendar holds stays as it is,
     because the history must never be why a dump cannot be restored."""
+    # Cached per whole second: a restore formats one failure time per dump, and
+    # failures come in bursts (fromtimestamp is a third of building a message).
+    # Only where the fraction cannot round up into the next second (fromtimestamp
+    # rounds to microseconds first).
+    if type(ts) is float and 0.0 <= ts < 1e11:
+        second = int(ts)
+        if ts - second < 0.999999:
+            text = _ISO_CACHE.get(second)
+            if text is None:
+                if len(_ISO_CACHE) >= _ISO_CACHE_MAX:
+                    _ISO_CACHE.clear()
+                text = _ISO_CACHE[second] = _iso_uncached(float(second))
+            return text
+    return _iso_uncached(ts)
+
+
+def _iso_uncached(ts: Any) -> Any:
     try:
         return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
     except (OverflowError, OSError, ValueError, TypeError):
         return ts
+
+
+_ISO_CACHE: dict[int, Any] = {}
+_ISO_CACHE_MAX = 4096
 
 
 def history_entry(entry: DumpEntry, trigger: str, now: float) -> dict[str, Any]:

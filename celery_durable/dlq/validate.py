@@ -40,6 +40,68 @@ def _is_int(value: Any) -> bool:
 
 def entry_problem(entry: DumpEntry) -> str | None:
     """``None`` for a well-formed entry, else ``"<field>: expected ..., got ..."``."""
+    if _plainly_valid(entry):
+        return None
+    return _first_problem(entry)
+
+
+_NONE_OR_STR = frozenset((type(None), str))
+_NONE_OR_INT = frozenset((type(None), int))
+_NONE_OR_LIST = frozenset((type(None), list))
+_NONE_OR_DICT = frozenset((type(None), dict))
+_ONLY_STR = frozenset((str,))
+
+
+def _plainly_valid(entry: DumpEntry) -> bool:
+    """The rules below in one expression, for exact types only (what a decoded dump
+    holds).  False means "ask :func:`_first_problem`", which also accepts subclasses:
+    a restore validates every dump it reads, so the common case must be cheap."""
+    e = entry
+    info = e.delivery_info
+    props = e.properties
+    embed = e.embed
+    return (
+        type(e.task_id) is str
+        and e.task_id != ""
+        and type(e.task_name) is str
+        and e.task_name != ""
+        and type(e.args) in (list, tuple)
+        and type(e.kwargs) is dict
+        and type(e.headers) is dict
+        and type(props) is dict
+        and type(info) is dict
+        and type(e.extra) is dict
+        and (not e.kwargs or {*map(type, e.kwargs)} <= _ONLY_STR)
+        and type(e.exc_type) is str
+        and type(e.exc_message) is str
+        and type(e.traceback) is str
+        and type(e.hostname) is str
+        and type(e.host) is str
+        and type(e.entry_id) is str
+        and type(e.failed_at) in (float, int)
+        and math.isfinite(e.failed_at)
+        and type(e.restores) is int
+        and e.restores >= 0
+        and type(e.version) is int
+        and type(info.get("exchange")) in _NONE_OR_STR
+        and type(info.get("routing_key")) in _NONE_OR_STR
+        and type(info.get("queue")) in _NONE_OR_STR
+        and type(props.get("priority")) in _NONE_OR_INT
+        and type(props.get("delivery_mode")) in _NONE_OR_INT
+        and (
+            embed is None
+            or (
+                type(embed) is dict
+                and type(embed.get("callbacks")) in _NONE_OR_LIST
+                and type(embed.get("errbacks")) in _NONE_OR_LIST
+                and type(embed.get("chain")) in _NONE_OR_LIST
+                and type(embed.get("chord")) in _NONE_OR_DICT
+            )
+        )
+    )
+
+
+def _first_problem(entry: DumpEntry) -> str | None:
     for name in ("task_id", "task_name"):
         value = getattr(entry, name)
         if not isinstance(value, str) or not value:

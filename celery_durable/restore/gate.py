@@ -82,6 +82,13 @@ class QueueGate:
             return True
         if queue in self._closed:
             return False
+        length = self._lengths.get(queue)
+        if length is not None:
+            # Seen (and open) in this run: its count says it all, no lock, no probe.
+            if length < self.limit:
+                return True
+            self._postpone(queue, length)
+            return False
         with _POSTPONED_LOCK:
             until = _POSTPONED.get(queue)
             if until is not None and until <= self._clock():

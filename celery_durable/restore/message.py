@@ -23,16 +23,18 @@ RESTORES_HEADER = "x-durable-restores"
 
 #: Message properties carried over; the rest (body_encoding, delivery_tag,
 #: delivery_info) are per-delivery and set again by Kombu.
-_KEPT_PROPERTIES = (
-    "correlation_id",
-    "reply_to",
-    "priority",
-    "delivery_mode",
-    "expiration",
-    "message_id",
-    "type",
-    "user_id",
-    "app_id",
+_KEPT_PROPERTIES = frozenset(
+    (
+        "correlation_id",
+        "reply_to",
+        "priority",
+        "delivery_mode",
+        "expiration",
+        "message_id",
+        "type",
+        "user_id",
+        "app_id",
+    )
 )
 _EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -49,6 +51,14 @@ class Republish:
     routing_key: str
     #: The queue it lands in: what rate control measures.
     queue: str
+
+    @property
+    def entry_id(self) -> str:
+        return self.entry.entry_id
+
+    @property
+    def failed_at(self) -> float:
+        return self.entry.failed_at
 
 
 def target_queue(exchange: str, routing_key: str, delivery_info: dict[str, Any], app: Any) -> str:
@@ -79,7 +89,7 @@ def build_message(
     headers[RESTORES_HEADER] = entry.restores + 1
     append_history(headers, entry, trigger, time.time() if now is None else now)
     properties = {
-        k: entry.properties[k] for k in _KEPT_PROPERTIES if entry.properties.get(k) is not None
+        k: v for k, v in entry.properties.items() if v is not None and k in _KEPT_PROPERTIES
     }
     properties.setdefault("correlation_id", entry.task_id)
     info = entry.delivery_info or {}

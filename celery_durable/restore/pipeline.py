@@ -36,9 +36,10 @@ from kombu.serialization import dumps as serialize
 from kombu.transport import redis as kombu_redis
 
 from ..redis_pipeline import push
+from .envelope import Envelopes
 from .message import Republish
 
-__all__ = ["pipeline_publisher", "publish_batch"]
+__all__ = ["pipeline_publisher", "publish_batch", "push_lists"]
 
 _PERSISTENT = 2
 
@@ -46,6 +47,7 @@ _PERSISTENT = 2
 class _RedisPipelinePublisher:
     def __init__(self, channel: Any) -> None:
         self.channel = channel
+        self._envelopes: dict[str, Envelopes | None] = {}
 
     def usable(self, chunk: Sequence[Republish], compression: Any) -> bool:
         if compression:
@@ -58,6 +60,12 @@ class _RedisPipelinePublisher:
         return not any(m.queue in expiring for m in chunk)
 
     def publish(self, chunk: Sequence[Republish], serializer: str) -> None:
+        if serializer not in self._envelopes:
+            self._envelopes[serializer] = Envelopes.for_channel(self.channel, serializer)
+        envelopes = self._envelopes[serializer]
+        if envelopes is not None:
+            push_lists(self.channel, *envelopes.build(chunk))
+            return
         ch = self.channel
         prepared = []
         for m in chunk:
@@ -71,6 +79,17 @@ class _RedisPipelinePublisher:
             )
             prepared.append((message, m.exchange, m.routing_key))
         push(ch, prepared)
+
+
+def push_lists(channel: Any, lists: dict[str, list[str]], expiring: dict[str, int]) -> None:
+    """One pipeline: one multi-value LPUSH per list, then Kombu's PEXPIREs; waits for redis."""
+    with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+        for name, values in lists.items():
+            pipe.lpush(name, *values)
+        for queue, ttl in expiring.items():
+            for step in channel.priority_steps:
+                pipe.pexpire(channel._q_for_pri(queue, step), ttl)
+        pipe.execute()
 
 
 def pipeline_publisher(producer: Any) -> _RedisPipelinePublisher | None:

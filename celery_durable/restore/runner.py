@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import groupby
+from typing import Any, NamedTuple
 
 from kombu.exceptions import ChannelError, EncodeError
 from kombu.serialization import dumps as serialize
@@ -35,10 +36,11 @@ from ..dlq.base import DumpEntry, DumpStore
 from ..dlq.validate import entry_problem
 from ..exceptions import DurableError, RestoreError
 from ..settings import settings_for
+from .envelope import Envelopes
 from .gate import QueueGate
 from .lock import RunLock, run_lock
 from .message import Republish, build_message
-from .pipeline import pipeline_publisher, publish_batch
+from .pipeline import pipeline_publisher, publish_batch, push_lists
 from .policy import is_due, is_parked
 
 __all__ = ["CHUNK", "RestoreOptions", "RestoreReport", "restore"]
@@ -161,6 +163,25 @@ class _QueueLengths:
             self._channel = None
 
 
+class Wired(NamedTuple):
+    """A planned message already in the form redis stores (the pipelined path).
+
+    Made while planning, so the dump and the dicts it was built from are freed at
+    once: a big run keeps one string per message, not a dozen objects the
+    garbage collector would walk again and again.
+    """
+
+    text: str
+    lists: tuple[str, ...]
+    entry_id: str
+    queue: str
+    failed_at: float
+
+
+Planned = Republish | Wired
+_new_tuple = tuple.__new__
+
+
 def _note_parked(entry: DumpEntry) -> None:
     if entry.entry_id in _SEEN_PARKED:
         return
@@ -208,8 +229,13 @@ def _plan(
     select: Callable[[DumpEntry], bool] | None,
     now: float,
     lock: RunLock,
-) -> list[Republish]:
-    plan: list[Republish] = []
+    wire: Envelopes | None = None,
+) -> list[Planned]:
+    plan: list[Planned] = []
+    # Loop invariants hoisted: this loop runs once per dump in the store.
+    check_parked, max_attempts = not opts.include_parked, opts.max_attempts
+    check_due, backoff = not opts.ignore_backoff, opts.backoff
+    limit = opts.batch
     for seen, entry in enumerate(entries, 1):
         if seen % 5000 == 0:
             lock.refresh()  # a long walk over a big store must not let the lock lapse
@@ -219,14 +245,14 @@ def _plan(
             continue
         if select is not None and not select(entry):
             continue
-        if not opts.include_parked and is_parked(entry, opts.max_attempts):
+        if check_parked and is_parked(entry, max_attempts):
             _note_parked(entry)
             report.parked += 1
             continue
-        if not opts.ignore_backoff and not is_due(entry, opts.backoff, now):
+        if check_due and not is_due(entry, backoff, now):
             report.not_due += 1
             continue
-        if opts.batch is not None and len(plan) >= opts.batch:
+        if limit is not None and len(plan) >= limit:
             # The oldest due entry this run leaves behind: that is the lag.
             report.lag = max(report.lag, now - entry.failed_at)
             break
@@ -239,13 +265,25 @@ def _plan(
             report.postponed[message.queue] += 1
             report.lag = max(report.lag, now - entry.failed_at)
             continue
+        if wire is not None and wire.usable(message):
+            try:
+                text, lists = wire.encode(message)
+            except Exception as exc:  # the body (or a header) is not JSON
+                _quarantine(entry, f"cannot serialize its body with json: {_describe(exc)}", report)
+                continue
+            gate.added(message.queue)
+            # tuple.__new__: a NamedTuple's own __new__ is a Python call per message
+            plan.append(
+                _new_tuple(Wired, (text, lists, entry.entry_id, message.queue, entry.failed_at))
+            )
+            continue
         gate.added(message.queue)
         plan.append(message)
     return plan
 
 
 def _publish_chunk(
-    producer: Any, chunk: list[Republish], serializer: str, compression: Any
+    producer: Any, chunk: Sequence[Republish], serializer: str, compression: Any
 ) -> None:
     """Publish ``chunk``; returns only once the broker accepted all of it."""
     with publish_batch(producer, max_size=4 * len(chunk) + 1):
@@ -262,10 +300,13 @@ def _publish_chunk(
             )
 
 
-def _encodable(chunk: list[Republish], serializer: str, report: RestoreReport) -> list[Republish]:
+def _encodable(chunk: list[Planned], serializer: str, report: RestoreReport) -> list[Planned]:
     """``chunk`` without the messages ``serializer`` cannot encode (those are quarantined)."""
-    keep = []
+    keep: list[Planned] = []
     for m in chunk:
+        if isinstance(m, Wired):  # encoded while planning
+            keep.append(m)
+            continue
         try:
             serialize(m.body, serializer=serializer)
         except Exception as exc:  # kombu raises EncodeError, serializers anything
@@ -306,6 +347,9 @@ def restore(
         with app.connection_for_write() as connection:
             producer = connection.Producer()
             lengths = _QueueLengths(connection)
+            wire = None
+            if not dry_run and not app.conf.task_compression and pipeline_publisher(producer):
+                wire = Envelopes.for_channel(producer.channel, app.conf.task_serializer)
             try:
                 gate = QueueGate(
                     lengths,
@@ -316,13 +360,14 @@ def restore(
                     remember=not dry_run,
                 )
                 now = time.time()
-                plan = _plan(store.entries(), app, opts, gate, report, select, now, lock)
+                plan = _plan(store.entries(), app, opts, gate, report, select, now, lock, wire)
             finally:
                 lengths.close()
             if dry_run:
-                report.planned = plan
+                report.planned = [m for m in plan if isinstance(m, Republish)]
                 return report
-            _publish(app, producer, store, plan, opts, report, lock, chunk_size)
+            with store.batched_deletes():
+                _publish(app, producer, store, plan, opts, report, lock, chunk_size)
     except DurableError:
         raise
     except Exception as exc:  # the broker, while planning (queue lengths)
@@ -352,11 +397,23 @@ def _note_run(store: DumpStore, report: RestoreReport) -> None:
         logger.debug("restore: cannot note the run in %s", store.url, exc_info=True)
 
 
+def _push_wired(channel: Any, part: Sequence[Wired]) -> None:
+    lists: dict[str, list[str]] = {}
+    for m in part:
+        for name in m.lists:
+            found = lists.get(name)
+            if found is None:
+                lists[name] = [m.text]
+            else:
+                found.append(m.text)
+    push_lists(channel, lists, {})
+
+
 def _publish(
     app: Any,
     producer: Any,
     store: DumpStore,
-    plan: list[Republish],
+    plan: list[Planned],
     opts: RestoreOptions,
     report: RestoreReport,
     lock: RunLock,
@@ -369,11 +426,16 @@ def _publish(
         chunk_size = max(1, min(chunk_size, int(opts.rate / 10) or 1))
     started = time.monotonic()
 
-    def send(chunk: list[Republish]) -> None:
-        if fast is not None and fast.usable(chunk, compression):
-            fast.publish(chunk, serializer)
-        else:
-            _publish_chunk(producer, chunk, serializer, compression)
+    def send(chunk: list[Planned]) -> None:
+        # In plan order: runs of pre-encoded messages go out as they are.
+        for wired, run in groupby(chunk, key=lambda m: isinstance(m, Wired)):
+            part: Sequence[Any] = list(run)
+            if wired:
+                _push_wired(producer.channel, part)
+            elif fast is not None and fast.usable(part, compression):
+                fast.publish(part, serializer)
+            else:
+                _publish_chunk(producer, part, serializer, compression)
 
     for start in range(0, len(plan), chunk_size):
         chunk = plan[start : start + chunk_size]
@@ -395,13 +457,13 @@ def _publish(
             report.errors += len(chunk)
             metrics.RESTORE_ERRORS.inc(len(chunk))
             report.error = f"publish failed after {report.restored} restored: {_describe(exc)}"
-            report.lag = max(report.lag, time.time() - chunk[0].entry.failed_at)
+            report.lag = max(report.lag, time.time() - chunk[0].failed_at)
             logger.error("restore: %s", report.error)
             return
         if not chunk:
             continue
         try:
-            store.delete([m.entry.entry_id for m in chunk])
+            store.delete([m.entry_id for m in chunk])
         except Exception as exc:
             # Published but not deleted: the next run publishes these again.
             report.errors += len(chunk)

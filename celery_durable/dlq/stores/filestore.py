@@ -82,6 +82,8 @@ REC = struct.Struct(">4sII")  # marker, payload length, crc32(payload)
 SUFFIX = ".seg"
 
 _counter = itertools.count()
+#: A whole tombstone: record indexes, one per line, each line ended.
+_TOMBSTONE = re.compile(r"(?:[0-9]+\n)+")
 _SAFE = re.compile(r"[^A-Za-z0-9_]+")  # no dots: the stem ends at the first dot
 _SAFE_STEM = re.compile(r"[A-Za-z0-9_-]+")  # what a segment stem can be (no "/", no "..")
 
@@ -130,13 +132,14 @@ class _Segment:
         good: list[tuple[int, bytes]] = []
         damaged: list[tuple[int, str]] = []
         data, pos, index = self.data, self.body_at, 0
+        view = memoryview(data)  # the checksum reads the record in place
         while pos < len(data):
             if len(data) - pos < REC.size:
                 damaged.append((pos, "torn tail (record header cut short)"))
                 break
             marker, length, crc = REC.unpack_from(data, pos)
             start, end = pos + REC.size, pos + REC.size + length
-            if marker == REC_MAGIC and end <= len(data) and crc32(data[start:end]) == crc:
+            if marker == REC_MAGIC and end <= len(data) and crc32(view[start:end]) == crc:
                 good.append((index, data[start:end]))
                 index += 1
                 pos = end
@@ -170,6 +173,12 @@ class FileStore(DumpStore):
         self.deleted_dir = self.root / "deleted"
         self.quarantine_dir = self.root / "quarantine"
         self._counted: set[tuple[str, int]] = set()
+        self._bad_tombstones: set[str] = set()
+        # stem -> whether the segment has damaged records, from reading it (segments
+        # never change), so a delete that empties it need not read it again.
+        self._damaged: dict[str, bool] = {}
+        # Tombstones written inside batched_deletes(), fsynced when it ends.
+        self._unsynced: list[Path] | None = None
         try:
             for d in (self.root, self.segments_dir, self.tmp_dir, self.deleted_dir):
                 # Parents too: dumps hold task arguments (mkdir's parents=True made them 0755).
@@ -214,15 +223,27 @@ class FileStore(DumpStore):
             os.close(fd)
 
     # -- reading ---------------------------------------------------------------
-    def _tombstones(self) -> dict[str, set[int]]:
+    def _tombstones(self, stems: Iterable[str] | None = None) -> dict[str, set[int]]:
+        """Deleted record indexes per segment stem (only ``stems``' when given)."""
+        only = None if stems is None else set(stems)
         deleted: dict[str, set[int]] = defaultdict(set)
         for name in self._listdir(self.deleted_dir):
             if not name.endswith(".del"):
                 continue
             stem = name.split(".", 1)[0]
+            if only is not None and stem not in only:
+                continue
             try:
                 text = (self.deleted_dir / name).read_text()
             except FileNotFoundError:  # its segment was just compacted away
+                continue
+            if _TOMBSTONE.fullmatch(text) is None:
+                # Only a tombstone written without fsync (batched_deletes) and
+                # cut short by a power loss: its deletes are lost, so its dumps
+                # are restored again (at least once), never the other way round.
+                if name not in self._bad_tombstones:
+                    self._bad_tombstones.add(name)
+                    logger.warning("dlq: ignoring incomplete tombstone %s", name)
                 continue
             deleted[stem].update(int(x) for x in text.split())
         return deleted
@@ -287,17 +308,31 @@ class FileStore(DumpStore):
     def _decoded(
         self, seg: _Segment, deleted: set[int]
     ) -> tuple[list[DumpEntry], list[QuarantinedDump]]:
-        entries: list[DumpEntry] = []
         bad: list[QuarantinedDump] = []
+        return list(self._decode(seg, deleted, bad)), bad
+
+    def _decode(
+        self, seg: _Segment, deleted: set[int], bad: list[QuarantinedDump]
+    ) -> Iterator[DumpEntry]:
+        """The live entries of ``seg`` one by one (what cannot be read goes to ``bad``).
+
+        One at a time, not a segment's list: a restore keeps none of them, and
+        thousands alive at once would be promoted into the garbage collector's
+        oldest generation and set off its full collections.
+        """
         good, damaged = seg.records()
+        if len(self._damaged) >= 10_000:
+            self._damaged.clear()
+        self._damaged[seg.stem] = bool(damaged)
         for offset, reason in damaged:
             self._count_damage(seg.path.name, offset)
             bad.append(QuarantinedDump(f"{seg.path}@{offset}", reason, seg.version))
+        decode = self.codec.decode
         for index, payload in good:
             if index in deleted:
                 continue
             try:
-                entry = self.codec.decode(payload)
+                entry = decode(payload)
             except ContentDisallowed as exc:
                 bad.append(QuarantinedDump(f"{seg.path}#{index}", f"not accepted: {exc}"))
                 continue
@@ -308,15 +343,14 @@ class FileStore(DumpStore):
             entry.entry_id = f"{seg.stem}:{index:06d}"
             if not entry.host:
                 entry.host = str(seg.meta.get("host", ""))
-            entries.append(entry)
-        return entries, bad
+            yield entry
 
     def entries(self, *, task: str | None = None) -> Iterator[DumpEntry]:
         deleted = self._tombstones()
         for seg in self._segments():
             if isinstance(seg, QuarantinedDump):
                 continue
-            for entry in self._decoded(seg, deleted.get(seg.stem, set()))[0]:
+            for entry in self._decode(seg, deleted.get(seg.stem, set()), []):
                 if task is None or entry.task_name == task:
                     yield entry
 
@@ -475,56 +509,126 @@ class FileStore(DumpStore):
                 wanted[stem].add(int(index))
         if not wanted:
             return 0
-        deleted = self._tombstones()
+        deleted = self._tombstones(wanted)
         removed = 0
         for stem, indexes in wanted.items():
             path = self.segments_dir / f"{stem}{SUFFIX}"
-            try:
-                seg = _Segment(path, path.read_bytes())
-            except FileNotFoundError:
-                continue
-            except (CorruptRecord, struct.error, ValueError, OSError):
-                continue  # never delete from a segment we cannot read
-            if seg.version != self.version:
-                continue
+            seg = self._head(path)
+            if seg is None or seg.version != self.version:
+                continue  # gone, or never delete from a segment we cannot read
             new = {i for i in indexes if i < seg.count} - deleted[stem]
             if not new:
                 continue
-            self._write_tombstone(stem, new)
+            # A delete that empties the segment removes it (that is the delete: no
+            # tombstone needed); if it cannot, the tombstone says the same.
+            if not (deleted[stem] | new >= set(range(seg.count)) and self._compact(seg)):
+                self._write_tombstone(stem, new)
             removed += len(new)
-            if deleted[stem] | new >= set(range(seg.count)):
-                self._compact(seg)
         return removed
+
+    @staticmethod
+    def _head(path: Path) -> _Segment | None:
+        """The segment at ``path`` from its header alone; None if gone or unreadable."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(4096)
+                if len(data) >= HEAD.size:
+                    need = HEAD.size + HEAD.unpack_from(data, 0)[2] + CRC.size
+                    if need > len(data):
+                        data += fh.read(need - len(data))
+            return _Segment(path, data)
+        except (CorruptRecord, struct.error, ValueError, OSError):
+            return None
+
+    @contextlib.contextmanager
+    def batched_deletes(self) -> Iterator[None]:
+        """Deletes inside write their tombstones without waiting for the disk; they are
+        fsynced when the block ends.
+
+        Visible at once all the same (readers in any process see them, a SIGKILL
+        loses nothing).  Only a power loss before the end can undo some of them,
+        and an undone delete restores its dumps again (at least once); a torn
+        tombstone is ignored whole (see ``_TOMBSTONE``).  A restore run deletes
+        after every chunk, where two fsyncs each cost more than the chunk's publish.
+        """
+        if self._unsynced is not None:  # nested: the outer block syncs
+            yield
+            return
+        self._unsynced = []
+        try:
+            yield
+        finally:
+            pending, self._unsynced = self._unsynced, None
+            self._sync(pending)
+
+    def _sync(self, tombstones: list[Path]) -> None:
+        try:
+            for path in tombstones:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:  # its segment was compacted away since
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            if tombstones:
+                self._fsync_dir(self.deleted_dir)
+            self._fsync_dir(self.segments_dir)
+        except OSError as exc:
+            # Not an error of the run: its deletes are visible; only a power loss
+            # could now bring some dumps back (restored again, never lost).
+            logger.warning("dlq: cannot fsync the deletes in %s: %s", self.root, exc)
 
     def _write_tombstone(self, stem: str, indexes: set[int]) -> None:
         name = f"{stem}.{os.getpid()}-{time.time_ns()}-{next(_counter)}.del"
         tmp = self.tmp_dir / f"{name}.tmp"
+        durable = self._unsynced is None
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(fd, "\n".join(str(i) for i in sorted(indexes)).encode() + b"\n")
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, self.deleted_dir / name)
-            self._fsync_dir(self.deleted_dir)
+            if durable:
+                self._fsync_dir(self.deleted_dir)
+            else:
+                assert self._unsynced is not None
+                self._unsynced.append(self.deleted_dir / name)
         except OSError as exc:
             raise DumpError(f"cannot delete dumps from segment {stem}: {exc}") from exc
 
-    def _compact(self, seg: _Segment) -> None:
-        """Every record of ``seg`` is deleted: drop it (keep it if it had damage)."""
-        _, damaged = seg.records()
+    def _compact(self, seg: _Segment) -> bool:
+        """Every record of ``seg`` is deleted: drop it (keep it if it had damage).
+
+        True once the segment is out of ``segments/`` (gone or quarantined).
+        """
+        damaged = self._damaged.get(seg.stem)
         try:
+            if damaged is None:
+                damaged = bool(_Segment(seg.path, seg.path.read_bytes()).records()[1])
             if damaged:
-                self._quarantine(seg.path, f"damaged records at offsets {[o for o, _ in damaged]}")
+                full = _Segment(seg.path, seg.path.read_bytes())
+                offsets = [o for o, _ in full.records()[1]]
+                where = self._quarantine(seg.path, f"damaged records at offsets {offsets}")
+                if where.location == str(seg.path):  # the move failed; logged
+                    return False
             else:
                 seg.path.unlink()
         except FileNotFoundError:
             pass
+        except (CorruptRecord, struct.error, ValueError, OSError) as exc:
+            logger.error("dlq: cannot drop emptied segment %s: %s", seg.path, exc)
+            return False
+        self._damaged.pop(seg.stem, None)
         for name in self._listdir(self.deleted_dir):
             if name.startswith(seg.stem + "."):
                 with contextlib.suppress(FileNotFoundError):
                     (self.deleted_dir / name).unlink()
+        return True
 
     def cleanup_temp(self, older_than: float = 3600.0) -> int:
         """Remove temp files left by writers that died mid-flush; return how many.
