@@ -15,8 +15,11 @@ chunk goes out in one non-transactional pipeline holding one multi-value LPUSH
 per redis list (same order as one LPUSH per message).
 
 Used only where that is provably the same thing: the channel is exactly
-``kombu.transport.redis.Channel``, no compression, and every message goes to
-the default exchange or a ``direct`` one whose queues carry no ``x-expires``.
+Kombu's redis or Sentinel channel, or one of ours (``durable+redis://``,
+``durable+sentinel://``: their publishing differs, their LPUSH does not; a
+restore that cannot reach redis fails its chunk and retries, it never spills), no
+compression, and every message goes to the default exchange or a ``direct`` one
+whose queues carry no ``x-expires``.
 Anything else (amqp, fanout/topic exchanges, wrapped transports) takes the
 generic path: ``Producer.batch()`` where Kombu has it
 (5.7+), else one ``Producer.publish`` after another, which is what ``batch()``
@@ -36,10 +39,14 @@ from kombu.serialization import dumps as serialize
 from kombu.transport import redis as kombu_redis
 
 from ..redis_pipeline import push
+from ..transport.redis import GuardedRedisChannel
 from .envelope import Envelopes
 from .message import Republish
 
 __all__ = ["pipeline_publisher", "publish_batch", "push_lists"]
+
+#: Kombu's own redis channels; a subclass of them may change how messages are put.
+_PLAIN_REDIS = (kombu_redis.Channel, kombu_redis.SentinelChannel)
 
 _PERSISTENT = 2
 
@@ -95,7 +102,7 @@ def push_lists(channel: Any, lists: dict[str, list[str]], expiring: dict[str, in
 def pipeline_publisher(producer: Any) -> _RedisPipelinePublisher | None:
     """A pipelined publisher for ``producer``'s channel, or None to use Kombu's path."""
     channel = producer.channel
-    if type(channel) is not kombu_redis.Channel:
+    if type(channel) not in _PLAIN_REDIS and not isinstance(channel, GuardedRedisChannel):
         return None
     return _RedisPipelinePublisher(channel)
 

@@ -31,9 +31,12 @@ def _normalise(raw: bytes) -> dict[str, Any]:
     return message
 
 
+@pytest.mark.parametrize("scheme", ["redis", "durable+redis"])
 @pytest.mark.parametrize("priority", [0, 7])
-def test_same_bytes_as_kombu(redis_server: RedisServer, priority: int) -> None:
-    app = Celery("pipe", broker=redis_server.url, set_as_current=False)
+def test_same_bytes_as_kombu(redis_server: RedisServer, priority: int, scheme: str) -> None:
+    # durable+redis:// is the broker a restore usually runs on: the fast path too.
+    broker = redis_server.url.replace("redis", scheme, 1)
+    app = Celery("pipe", broker=broker, set_as_current=False)
     app.conf.broker_transport_options = {"priority_steps": list(range(10))}
     entry = make_entry("same-id", queue="pq", args=[1, "ü"])
     entry.properties.update(priority=priority, reply_to="replies")
