@@ -157,16 +157,9 @@ def decode(data: bytes) -> SpillRecord:
     except (ValueError, TypeError) as exc:
         # JSONDecodeError, UnicodeError and ormsgpack.MsgpackDecodeError are ValueErrors.
         raise CorruptRecord(f"spill record metadata cannot be decoded: {exc}") from exc
+    # Positional: keyword arguments cost a quarter of a decode.
     return SpillRecord(
-        body=data[end:],
-        exchange=exchange,
-        routing_key=routing_key,
-        content_type=ctype,
-        content_encoding=cenc,
-        headers=headers,
-        properties=properties,
-        declarations=decls,
-        created=created,
+        data[end:], exchange, routing_key, ctype, cenc, headers, properties, decls, created
     )
 
 

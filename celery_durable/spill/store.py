@@ -131,6 +131,8 @@ class SpillStore:
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         self._damage: str | None = None  # why the store is not intact (read errors)
+        # What the last peek handed out, (acked then, [(seq, key, size)]), for its ack.
+        self._handed: tuple[int, list[tuple[int, bytes, int]]] | None = None
         self._key = self.path.resolve()
         # Bytes written to LevelDB since open (puts, and a reserve for each
         # record's tombstone), for the fork-safety accounting (:mod:`.forksafe`).
@@ -344,14 +346,19 @@ class SpillStore:
         with self._read_lock:
             self._check_open()
             bad: list[tuple[bytes, bytes, Exception]] = []
+            handed: list[tuple[int, bytes, int]] = []
+            acked = self._state.acked
+            self._handed = None
             try:
-                with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
+                with self._db.iterator(start=rkey(acked + 1), stop=REC_END) as it:
                     for key, value in it:
+                        seq = seq_of(key)
                         try:
-                            out.append((seq_of(key), decode(value)))
+                            out.append((seq, decode(value)))
                         except (CorruptRecord, VersionMismatch) as exc:
                             bad.append((key, value, exc))
                             continue
+                        handed.append((seq, key, len(value)))
                         if len(out) >= limit:
                             break
             except plyvel.Error as exc:
@@ -366,6 +373,10 @@ class SpillStore:
                 self._quarantine(bad)
             if not out and not bad and self._state.records:
                 self._reset_empty()
+            elif handed:
+                # Every key from acked+1 to the last one seen was handed out or
+                # quarantined: ack() deletes these without walking them again.
+                self._handed = (acked, handed)
         return out
 
     def _quarantine(self, bad: list[tuple[bytes, bytes, Exception]]) -> None:
@@ -450,15 +461,16 @@ class SpillStore:
             # start a compaction (there is no table to compact).
             keys: list[bytes] = []
             freed = 0
+            handed, self._handed = self._handed, None
             try:
-                with self._db.iterator(start=rkey(state.acked + 1), stop=rkey(upto_seq + 1)) as it:
-                    for key, value in it:
-                        keys.append(key)
-                        freed += len(value)
-                        if seq_of(key) >= upto_seq:
-                            # Stop here: stepping on would open the next table,
-                            # which may be the unreadable one peek stopped at.
+                if handed is not None and handed[0] == state.acked and upto_seq <= handed[1][-1][0]:
+                    for seq, key, size in handed[1]:
+                        if seq > upto_seq:
                             break
+                        keys.append(key)
+                        freed += size
+                else:
+                    freed = self._keys_upto(upto_seq, keys)
                 with self._lock:
                     after = replace(
                         state,
@@ -475,6 +487,19 @@ class SpillStore:
                     self._oldest_known = False
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: ack failed: {exc}") from exc
+
+    def _keys_upto(self, upto_seq: int, keys: list[bytes]) -> int:
+        """Append the keys from the head to ``upto_seq`` to ``keys``; return their bytes."""
+        freed = 0
+        with self._db.iterator(start=rkey(self._state.acked + 1), stop=rkey(upto_seq + 1)) as it:
+            for key, value in it:
+                keys.append(key)
+                freed += len(value)
+                if seq_of(key) >= upto_seq:
+                    # Stop here: stepping on would open the next table,
+                    # which may be the unreadable one peek stopped at.
+                    break
+        return freed
 
     # -- maintenance --------------------------------------------------------
     def compact(self) -> None:

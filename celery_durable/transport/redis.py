@@ -48,7 +48,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import queue_declare_ok_t
 
 from ..exceptions import ConfigError
-from ..redis_pipeline import can_push, push
+from ..redis_pipeline import can_push, push, push_records
 from ..spill import SpillRecord
 from . import Transport, failover_next, failover_reached, failover_urls, transport_class
 from .batch import DurablePublishBatch, Pending
@@ -223,6 +223,9 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     def send_records(self, records: Sequence[SpillRecord]) -> None:
         """Publish ``records`` to redis now, in one pipeline (raises BROKER_DOWN errors)."""
+        if can_push(self, {record.exchange for record in records}):
+            push_records(self, records)
+            return
         self._send_now([(prepare_message(self, r), r.exchange, r.routing_key) for r in records])
 
     def _send_now(self, items: list[tuple[Any, str, str]]) -> None:
