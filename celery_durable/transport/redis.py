@@ -79,6 +79,21 @@ _ADDED_BY_KOMBU = frozenset({"delivery_info", "delivery_tag", "body_encoding"})
 class GuardedRedisChannel(kombu_redis.Channel):
     """Kombu's redis channel plus the route guard (used by the drainer too)."""
 
+    _publish_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        # Kombu builds a new redis.Redis per publish (and the drainer per
+        # batch); building one (its response callback table) costs more than
+        # the LPUSH itself.  A client is thread-safe (connections come from
+        # the pool), so keep one per pool.
+        pool = self.pool
+        client = self._publish_client
+        if client is None or client.connection_pool is not pool:
+            client = self._publish_client = super()._create_client()
+        return client
+
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
         queues = super()._lookup(exchange, routing_key, default)
         if queues or not exchange:
@@ -147,7 +162,6 @@ class DurableRedisChannel(GuardedRedisChannel):
     QoS = DurableQoS
     connection: DurableRedisTransport
     offline = False
-    _publish_client: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.client = _PingDeferred(self)
@@ -174,18 +188,6 @@ class DurableRedisChannel(GuardedRedisChannel):
             if "socket_connect_timeout" not in topts:
                 params["socket_connect_timeout"] = timeout
         return params
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            return super()._create_client(asynchronous=True)
-        # Kombu builds a new redis.Redis per publish; building one (its response
-        # callback table) costs more than the LPUSH itself.  A client is
-        # thread-safe (connections come from the pool), so keep one per pool.
-        pool = self.pool
-        client = self._publish_client
-        if client is None or client.connection_pool is not pool:
-            client = self._publish_client = super()._create_client()
-        return client
 
     # -- publishing --------------------------------------------------------------
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
