@@ -473,3 +473,28 @@ def test_unreadable_table_mid_backlog_hands_out_what_precedes_then_store_damaged
     moved = path.parent / "quarantine" / path.name
     assert not path.exists()
     assert {p.name for p in tables} <= {p.name for p in moved.glob("*.ldb")}
+
+
+def test_ack_after_peek_deletes_the_keys_peek_saw_without_walking_them_again(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SpillStore(path) as store:
+        store.extend([rec(i) for i in range(6)])
+    _corrupt_value(path, 2)  # quarantined by the peek, between handed-out records
+    with SpillStore(path) as store:
+        walks: list[int] = []
+        walk = store._keys_upto
+        monkeypatch.setattr(
+            store, "_keys_upto", lambda upto, keys: walks.append(upto) or walk(upto, keys)
+        )
+        assert ids(store.peek(4)) == [0, 2, 3, 4]  # seqs 1, 3, 4, 5
+        store.append(rec(6))  # lands after the peek: not acked
+        store.ack(5)
+        assert walks == [] and len(store) == 2
+        assert store.backlog_bytes == len(encode(rec(5))) + len(encode(rec(6)))
+        assert ids(store.peek(10)) == [5, 6]
+        store.append(rec(7))
+        store.ack(8)  # beyond what was peeked: walks the keys
+        assert walks == [8] and len(store) == 0 and store.backlog_bytes == 0
+    with SpillStore(path) as store:
+        assert len(store) == 0 and store.quarantined == 1 and store.peek(10) == []
