@@ -39,7 +39,9 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,6 +87,11 @@ __all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreDamaged", "StoreLock
 logger = logging.getLogger(__name__)
 
 SYNC_MODES = ("none", "interval", "always")
+#: The newest records appended (at most this many, and :data:`TAIL_BYTES`) stay
+#: in memory too, so a drainer that keeps up (``wal`` mode) reads them from
+#: there instead of creating a LevelDB iterator per batch.
+TAIL_RECORDS = 2048
+TAIL_BYTES = 2 << 20
 #: Bytes accounted per record beyond its encoded size: its key, LevelDB's
 #: entry and skiplist overhead, and a reserve for its tombstone and the meta
 #: written when it is acknowledged (a tainted store must never overflow its memtable).
@@ -131,6 +138,9 @@ class SpillStore:
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         self._damage: str | None = None  # why the store is not intact (read errors)
+        # The newest appended (seq, key, encoded value), contiguous seqs, under _lock.
+        self._tail: deque[tuple[int, bytes, bytes]] = deque()
+        self._tail_bytes = 0
         # What the last peek handed out, (acked then, [(seq, key, size)]), for its ack.
         self._handed: tuple[int, list[tuple[int, bytes, int]]] | None = None
         self._key = self.path.resolve()
@@ -254,15 +264,20 @@ class SpillStore:
             self._account(size + WRITE_COST)
             seq = state.next_seq
             cum = state.appended + size
+            key = KEY.pack(REC, seq, cum)
             try:
                 if self._write_sync:
-                    self._db.put(KEY.pack(REC, seq, cum), value, sync=True)
+                    self._db.put(key, value, sync=True)
                 else:
-                    self._db.put(KEY.pack(REC, seq, cum), value)
+                    self._db.put(key, value)
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = seq + 1
             state.appended = cum
+            self._tail.append((seq, key, value))
+            self._tail_bytes += size
+            if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
+                self._trim_tail()
             if seq - state.removed == 1:  # it is the only record
                 self._oldest, self._oldest_known = record.created, True
         if self._syncer is not None and not self._dirty:
@@ -290,22 +305,44 @@ class SpillStore:
             first = state.next_seq
             cum = state.appended
             was_empty = state.records == 0
+            entries = []
             try:
                 with self._db.write_batch(sync=self._write_sync) as wb:
                     pack = KEY.pack
                     for seq, value in enumerate(values, first):
                         cum += len(value)
-                        wb.put(pack(REC, seq, cum), value)
+                        key = pack(REC, seq, cum)
+                        wb.put(key, value)
+                        entries.append((seq, key, value))
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = first + len(values)
             state.appended = cum
+            self._tail.extend(entries)
+            self._tail_bytes += size
+            if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
+                self._trim_tail()
             if was_empty:
                 self._oldest, self._oldest_known = records[0].created, True
         if self._syncer is not None and not self._dirty:
             self._dirty = True
             self._wake.set()
         return first + len(values) - 1
+
+    def _trim_tail(self) -> None:
+        """Forget the oldest in-memory records beyond the bounds (under ``_lock``)."""
+        tail = self._tail
+        while tail and (self._tail_bytes > TAIL_BYTES or len(tail) > TAIL_RECORDS):
+            self._tail_bytes -= len(tail.popleft()[2])
+
+    def _from_tail(self, first: int, limit: int) -> list[tuple[int, bytes, bytes]] | None:
+        """Records ``first`` .. (at most ``limit``) from memory, or None if it does not hold ``first``."""
+        with self._lock:
+            tail = self._tail
+            if not tail or not tail[0][0] <= first <= tail[-1][0]:
+                return None
+            start = first - tail[0][0]
+            return list(islice(tail, start, start + limit))
 
     def _account(self, cost: int) -> None:
         """Count ``cost`` bytes about to be written (under ``_lock``); SpillFull past the budget."""
@@ -349,18 +386,26 @@ class SpillStore:
             handed: list[tuple[int, bytes, int]] = []
             acked = self._state.acked
             self._handed = None
+            recent = self._from_tail(acked + 1, limit)
+
+            def take(pairs: Iterable[tuple[bytes, bytes]]) -> None:
+                for key, value in pairs:
+                    seq = seq_of(key)
+                    try:
+                        out.append((seq, decode(value)))
+                    except (CorruptRecord, VersionMismatch) as exc:
+                        bad.append((key, value, exc))
+                        continue
+                    handed.append((seq, key, len(value)))
+                    if len(out) >= limit:
+                        break
+
             try:
-                with self._db.iterator(start=rkey(acked + 1), stop=REC_END) as it:
-                    for key, value in it:
-                        seq = seq_of(key)
-                        try:
-                            out.append((seq, decode(value)))
-                        except (CorruptRecord, VersionMismatch) as exc:
-                            bad.append((key, value, exc))
-                            continue
-                        handed.append((seq, key, len(value)))
-                        if len(out) >= limit:
-                            break
+                if recent is not None:  # the drainer keeps up: no LevelDB iterator
+                    take((key, value) for _seq, key, value in recent)
+                else:
+                    with self._db.iterator(start=rkey(acked + 1), stop=REC_END) as it:
+                        take(it)
             except plyvel.Error as exc:
                 # A table or block LevelDB cannot read.  Hand out what came
                 # before it; with nothing before it the store is stuck here.
@@ -400,6 +445,8 @@ class SpillStore:
             state.quarantined, state.removed = after.quarantined, after.removed
             state.removed_bytes = after.removed_bytes
             self._oldest_known = False
+            self._tail.clear()  # it must not hand these out again (and stays contiguous)
+            self._tail_bytes = 0
         metrics.CORRUPT_RECORDS.labels(store="spill").inc(len(bad))
         for key, value, reason in bad:
             logger.error(
@@ -485,6 +532,9 @@ class SpillStore:
                     state.acked = after.acked
                     state.removed, state.removed_bytes = after.removed, after.removed_bytes
                     self._oldest_known = False
+                    tail = self._tail
+                    while tail and tail[0][0] <= upto_seq:
+                        self._tail_bytes -= len(tail.popleft()[2])
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: ack failed: {exc}") from exc
 

@@ -498,3 +498,42 @@ def test_ack_after_peek_deletes_the_keys_peek_saw_without_walking_them_again(
         assert walks == [8] and len(store) == 0 and store.backlog_bytes == 0
     with SpillStore(path) as store:
         assert len(store) == 0 and store.quarantined == 1 and store.peek(10) == []
+
+
+class _CountingDB:
+    """Delegates to a plyvel DB, counting the iterators made."""
+
+    def __init__(self, db: plyvel.DB) -> None:
+        self.db, self.iterators = db, 0
+
+    def iterator(self, *args: object, **kwargs: object) -> object:
+        self.iterators += 1
+        return self.db.iterator(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_peek_reads_the_newest_records_from_memory_and_older_ones_from_leveldb(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("celery_durable.spill.store.TAIL_RECORDS", 4)
+    with SpillStore(path) as store:
+        counting = _CountingDB(store._db)
+        monkeypatch.setattr(store, "_db", counting)
+        store.extend([rec(i) for i in range(6)])
+        store.append(rec(6))
+        store.append(rec(7))  # memory holds the newest 4: seqs 5-8
+        assert ids(store.peek(3)) == [0, 1, 2] and counting.iterators == 1
+        store.ack(3)
+        assert ids(store.peek(3)) == [3, 4, 5]  # seq 4 is only on disk
+        assert counting.iterators == 2
+        store.ack(6)
+        assert ids(store.peek(10)) == [6, 7] and counting.iterators == 2  # from memory
+        store.ack(8)
+        assert store.peek(10) == [] and len(store) == 0 and store.backlog_bytes == 0
+        assert counting.iterators == 3  # nothing in memory: LevelDB is asked
+        store.append(rec(8))
+        assert ids(store.peek(10)) == [8] and counting.iterators == 3
+    with SpillStore(path) as store:  # what memory handed out was on disk all along
+        assert ids(store.peek(10)) == [8]
