@@ -87,8 +87,8 @@ __all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreDamaged", "StoreLock
 logger = logging.getLogger(__name__)
 
 SYNC_MODES = ("none", "interval", "always")
-#: The newest records appended (at most this many, and :data:`TAIL_BYTES`) stay
-#: in memory too, so a drainer that keeps up (``wal`` mode) reads them from
+#: While a drainer keeps up (``wal`` mode) the newest records appended (at most
+#: this many, and :data:`TAIL_BYTES`) stay in memory too, and it reads them from
 #: there instead of creating a LevelDB iterator per batch.
 TAIL_RECORDS = 2048
 TAIL_BYTES = 2 << 20
@@ -138,9 +138,12 @@ class SpillStore:
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         self._damage: str | None = None  # why the store is not intact (read errors)
-        # The newest appended (seq, key, encoded value), contiguous seqs, under _lock.
+        # The newest appended (seq, key, encoded value), contiguous seqs, under _lock;
+        # kept only while a reader keeps up (_tail_on: set by a peek that reached
+        # the newest record), so spilling with nobody draining pays nothing for it.
         self._tail: deque[tuple[int, bytes, bytes]] = deque()
         self._tail_bytes = 0
+        self._tail_on = False
         # What the last peek handed out, (acked then, [(seq, key, size)]), for its ack.
         self._handed: tuple[int, list[tuple[int, bytes, int]]] | None = None
         self._key = self.path.resolve()
@@ -274,10 +277,11 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = seq + 1
             state.appended = cum
-            self._tail.append((seq, key, value))
-            self._tail_bytes += size
-            if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
-                self._trim_tail()
+            if self._tail_on:
+                self._tail.append((seq, key, value))
+                self._tail_bytes += size
+                if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
+                    self._drop_tail()
             if seq - state.removed == 1:  # it is the only record
                 self._oldest, self._oldest_known = record.created, True
         if self._syncer is not None and not self._dirty:
@@ -318,10 +322,11 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = first + len(values)
             state.appended = cum
-            self._tail.extend(entries)
-            self._tail_bytes += size
-            if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
-                self._trim_tail()
+            if self._tail_on:
+                self._tail.extend(entries)
+                self._tail_bytes += size
+                if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
+                    self._drop_tail()
             if was_empty:
                 self._oldest, self._oldest_known = records[0].created, True
         if self._syncer is not None and not self._dirty:
@@ -329,11 +334,12 @@ class SpillStore:
             self._wake.set()
         return first + len(values) - 1
 
-    def _trim_tail(self) -> None:
-        """Forget the oldest in-memory records beyond the bounds (under ``_lock``)."""
-        tail = self._tail
-        while tail and (self._tail_bytes > TAIL_BYTES or len(tail) > TAIL_RECORDS):
-            self._tail_bytes -= len(tail.popleft()[2])
+    def _drop_tail(self) -> None:
+        """The drainer fell behind (or records were quarantined): stop keeping records in
+        memory until a peek reaches the newest record again (under ``_lock``)."""
+        self._tail_on = False
+        self._tail.clear()
+        self._tail_bytes = 0
 
     def _from_tail(self, first: int, limit: int) -> list[tuple[int, bytes, bytes]] | None:
         """Records ``first`` .. (at most ``limit``) from memory, or None if it does not hold ``first``."""
@@ -416,6 +422,8 @@ class SpillStore:
                     raise error from exc
             if bad:
                 self._quarantine(bad)
+            if len(out) < limit and not self._tail_on:
+                self._tail_on = True  # caught up: keep what is appended from now on
             if not out and not bad and self._state.records:
                 self._reset_empty()
             elif handed:
@@ -445,8 +453,7 @@ class SpillStore:
             state.quarantined, state.removed = after.quarantined, after.removed
             state.removed_bytes = after.removed_bytes
             self._oldest_known = False
-            self._tail.clear()  # it must not hand these out again (and stays contiguous)
-            self._tail_bytes = 0
+            self._drop_tail()  # it must not hand these out again
         metrics.CORRUPT_RECORDS.labels(store="spill").inc(len(bad))
         for key, value, reason in bad:
             logger.error(

@@ -514,26 +514,28 @@ class _CountingDB:
         return getattr(self.db, name)
 
 
-def test_peek_reads_the_newest_records_from_memory_and_older_ones_from_leveldb(
+def test_peek_reads_the_newest_records_from_memory_while_it_keeps_up(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("celery_durable.spill.store.TAIL_RECORDS", 4)
     with SpillStore(path) as store:
         counting = _CountingDB(store._db)
         monkeypatch.setattr(store, "_db", counting)
-        store.extend([rec(i) for i in range(6)])
-        store.append(rec(6))
-        store.append(rec(7))  # memory holds the newest 4: seqs 5-8
+        store.extend([rec(i) for i in range(6)])  # nobody reads yet: not kept in memory
         assert ids(store.peek(3)) == [0, 1, 2] and counting.iterators == 1
         store.ack(3)
-        assert ids(store.peek(3)) == [3, 4, 5]  # seq 4 is only on disk
-        assert counting.iterators == 2
+        assert ids(store.peek(10)) == [3, 4, 5] and counting.iterators == 2  # caught up
+        store.append(rec(6))
+        store.append(rec(7))
         store.ack(6)
         assert ids(store.peek(10)) == [6, 7] and counting.iterators == 2  # from memory
         store.ack(8)
-        assert store.peek(10) == [] and len(store) == 0 and store.backlog_bytes == 0
-        assert counting.iterators == 3  # nothing in memory: LevelDB is asked
-        store.append(rec(8))
-        assert ids(store.peek(10)) == [8] and counting.iterators == 3
+        for i in range(8, 13):  # more than memory keeps: the reader fell behind
+            store.append(rec(i))
+        assert ids(store.peek(10)) == [8, 9, 10, 11, 12] and counting.iterators == 3
+        store.ack(13)
+        assert len(store) == 0 and store.backlog_bytes == 0
+        store.append(rec(13))
+        assert ids(store.peek(10)) == [13] and counting.iterators == 3
     with SpillStore(path) as store:  # what memory handed out was on disk all along
-        assert ids(store.peek(10)) == [8]
+        assert ids(store.peek(10)) == [13]
