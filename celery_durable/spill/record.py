@@ -116,9 +116,9 @@ def encode(record: SpillRecord) -> bytes:
     if type(body) is not bytes:
         body = bytes(body)
     # The CRC covers everything after itself: length, created, metadata, body.
-    tail = _TAIL.pack(len(meta), record.created)
-    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(tail)))
-    return b"".join((_HEAD.pack(version, crc), tail, meta, body))
+    # (One CRC over the concatenated frame beats three chained ones and a join.)
+    frame = _TAIL.pack(len(meta), record.created) + meta + body
+    return _HEAD.pack(version, zlib.crc32(frame)) + frame
 
 
 def _json_meta(fields: list[Any]) -> bytes:

@@ -150,6 +150,8 @@ class SpillStore:
         # Bytes written to LevelDB since open (puts, and a reserve for each
         # record's tombstone), for the fork-safety accounting (:mod:`.forksafe`).
         self._written = 0
+        # Up to this many written bytes _account has nothing to do or say.
+        self._quiet_until = forksafe.DEFAULT_WRITE_BUFFER // forksafe.HEADROOM
         #: In a tainted process: the bytes that may be written to this store
         #: before LevelDB would switch memtables (None: no limit, not tainted).
         self.write_budget: int | None = None
@@ -157,6 +159,7 @@ class SpillStore:
         if forksafe.tainted():
             write_buffer = forksafe.write_buffer_for(max_bytes)
             self.write_budget = write_buffer // forksafe.HEADROOM
+            self._quiet_until = -1  # tainted: every write is checked against the budget
             forksafe.warn_once(
                 f"spill stores get a {write_buffer}-byte write buffer and accept at most "
                 f"{self.write_budget} bytes each until drained"
@@ -264,7 +267,11 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path} is closed")
             if state.appended - state.removed_bytes + size > self.max_bytes:
                 raise self._full(size)
-            self._account(size + WRITE_COST)
+            written = self._written + size + WRITE_COST
+            if written <= self._quiet_until:  # the common case of _account, inline
+                self._written = written
+            else:
+                self._account(size + WRITE_COST)
             seq = state.next_seq
             cum = state.appended + size
             key = KEY.pack(REC, seq, cum)
