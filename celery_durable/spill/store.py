@@ -41,8 +41,8 @@ import shutil
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
-from itertools import islice
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import plyvel
@@ -349,7 +349,7 @@ class SpillStore:
         self._tail_bytes = 0
 
     def _from_tail(self, first: int, limit: int) -> list[tuple[int, bytes, bytes]] | None:
-        """Records ``first`` .. (at most ``limit``) from memory, or None if it does not hold ``first``."""
+        """Up to ``limit`` records from ``first`` on, from memory; None if it lacks ``first``."""
         with self._lock:
             tail = self._tail
             if not tail or not tail[0][0] <= first <= tail[-1][0]:
