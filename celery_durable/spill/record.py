@@ -116,9 +116,9 @@ def encode(record: SpillRecord) -> bytes:
     if type(body) is not bytes:
         body = bytes(body)
     # The CRC covers everything after itself: length, created, metadata, body.
-    tail = _TAIL.pack(len(meta), record.created)
-    crc = zlib.crc32(body, zlib.crc32(meta, zlib.crc32(tail)))
-    return b"".join((_HEAD.pack(version, crc), tail, meta, body))
+    # (One CRC over the concatenated frame beats three chained ones and a join.)
+    frame = _TAIL.pack(len(meta), record.created) + meta + body
+    return _HEAD.pack(version, zlib.crc32(frame)) + frame
 
 
 def _json_meta(fields: list[Any]) -> bytes:
@@ -157,16 +157,9 @@ def decode(data: bytes) -> SpillRecord:
     except (ValueError, TypeError) as exc:
         # JSONDecodeError, UnicodeError and ormsgpack.MsgpackDecodeError are ValueErrors.
         raise CorruptRecord(f"spill record metadata cannot be decoded: {exc}") from exc
+    # Positional: keyword arguments cost a quarter of a decode.
     return SpillRecord(
-        body=data[end:],
-        exchange=exchange,
-        routing_key=routing_key,
-        content_type=ctype,
-        content_encoding=cenc,
-        headers=headers,
-        properties=properties,
-        declarations=decls,
-        created=created,
+        data[end:], exchange, routing_key, ctype, cenc, headers, properties, decls, created
     )
 
 

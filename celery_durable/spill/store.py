@@ -39,8 +39,10 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import plyvel
@@ -85,6 +87,11 @@ __all__ = ["SYNC_MODES", "CheckReport", "SpillStore", "StoreDamaged", "StoreLock
 logger = logging.getLogger(__name__)
 
 SYNC_MODES = ("none", "interval", "always")
+#: While a drainer keeps up (``wal`` mode) the newest records appended (at most
+#: this many, and :data:`TAIL_BYTES`) stay in memory too, and it reads them from
+#: there instead of creating a LevelDB iterator per batch.
+TAIL_RECORDS = 2048
+TAIL_BYTES = 2 << 20
 #: Bytes accounted per record beyond its encoded size: its key, LevelDB's
 #: entry and skiplist overhead, and a reserve for its tombstone and the meta
 #: written when it is acknowledged (a tainted store must never overflow its memtable).
@@ -131,10 +138,20 @@ class SpillStore:
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         self._damage: str | None = None  # why the store is not intact (read errors)
+        # The newest appended (seq, key, encoded value), contiguous seqs, under _lock;
+        # kept only while a reader keeps up (_tail_on: set by a peek that reached
+        # the newest record), so spilling with nobody draining pays nothing for it.
+        self._tail: deque[tuple[int, bytes, bytes]] = deque()
+        self._tail_bytes = 0
+        self._tail_on = False
+        # What the last peek handed out, (acked then, [(seq, key, size)]), for its ack.
+        self._handed: tuple[int, list[tuple[int, bytes, int]]] | None = None
         self._key = self.path.resolve()
         # Bytes written to LevelDB since open (puts, and a reserve for each
         # record's tombstone), for the fork-safety accounting (:mod:`.forksafe`).
         self._written = 0
+        # Up to this many written bytes _account has nothing to do or say.
+        self._quiet_until = forksafe.DEFAULT_WRITE_BUFFER // forksafe.HEADROOM
         #: In a tainted process: the bytes that may be written to this store
         #: before LevelDB would switch memtables (None: no limit, not tainted).
         self.write_budget: int | None = None
@@ -142,6 +159,7 @@ class SpillStore:
         if forksafe.tainted():
             write_buffer = forksafe.write_buffer_for(max_bytes)
             self.write_budget = write_buffer // forksafe.HEADROOM
+            self._quiet_until = -1  # tainted: every write is checked against the budget
             forksafe.warn_once(
                 f"spill stores get a {write_buffer}-byte write buffer and accept at most "
                 f"{self.write_budget} bytes each until drained"
@@ -249,18 +267,28 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path} is closed")
             if state.appended - state.removed_bytes + size > self.max_bytes:
                 raise self._full(size)
-            self._account(size + WRITE_COST)
+            written = self._written + size + WRITE_COST
+            if written <= self._quiet_until:  # the common case of _account, inline
+                self._written = written
+            else:
+                self._account(size + WRITE_COST)
             seq = state.next_seq
             cum = state.appended + size
+            key = KEY.pack(REC, seq, cum)
             try:
                 if self._write_sync:
-                    self._db.put(KEY.pack(REC, seq, cum), value, sync=True)
+                    self._db.put(key, value, sync=True)
                 else:
-                    self._db.put(KEY.pack(REC, seq, cum), value)
+                    self._db.put(key, value)
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = seq + 1
             state.appended = cum
+            if self._tail_on:
+                self._tail.append((seq, key, value))
+                self._tail_bytes += size
+                if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
+                    self._drop_tail()
             if seq - state.removed == 1:  # it is the only record
                 self._oldest, self._oldest_known = record.created, True
         if self._syncer is not None and not self._dirty:
@@ -288,22 +316,46 @@ class SpillStore:
             first = state.next_seq
             cum = state.appended
             was_empty = state.records == 0
+            entries = []
             try:
                 with self._db.write_batch(sync=self._write_sync) as wb:
                     pack = KEY.pack
                     for seq, value in enumerate(values, first):
                         cum += len(value)
-                        wb.put(pack(REC, seq, cum), value)
+                        key = pack(REC, seq, cum)
+                        wb.put(key, value)
+                        entries.append((seq, key, value))
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: write failed: {exc}") from exc
             state.next_seq = first + len(values)
             state.appended = cum
+            if self._tail_on:
+                self._tail.extend(entries)
+                self._tail_bytes += size
+                if self._tail_bytes > TAIL_BYTES or len(self._tail) > TAIL_RECORDS:
+                    self._drop_tail()
             if was_empty:
                 self._oldest, self._oldest_known = records[0].created, True
         if self._syncer is not None and not self._dirty:
             self._dirty = True
             self._wake.set()
         return first + len(values) - 1
+
+    def _drop_tail(self) -> None:
+        """The drainer fell behind (or records were quarantined): stop keeping records in
+        memory until a peek reaches the newest record again (under ``_lock``)."""
+        self._tail_on = False
+        self._tail.clear()
+        self._tail_bytes = 0
+
+    def _from_tail(self, first: int, limit: int) -> list[tuple[int, bytes, bytes]] | None:
+        """Up to ``limit`` records from ``first`` on, from memory; None if it lacks ``first``."""
+        with self._lock:
+            tail = self._tail
+            if not tail or not tail[0][0] <= first <= tail[-1][0]:
+                return None
+            start = first - tail[0][0]
+            return list(islice(tail, start, start + limit))
 
     def _account(self, cost: int) -> None:
         """Count ``cost`` bytes about to be written (under ``_lock``); SpillFull past the budget."""
@@ -344,16 +396,29 @@ class SpillStore:
         with self._read_lock:
             self._check_open()
             bad: list[tuple[bytes, bytes, Exception]] = []
+            handed: list[tuple[int, bytes, int]] = []
+            acked = self._state.acked
+            self._handed = None
+            recent = self._from_tail(acked + 1, limit)
+
+            def take(pairs: Iterable[tuple[bytes, bytes]]) -> None:
+                for key, value in pairs:
+                    seq = seq_of(key)
+                    try:
+                        out.append((seq, decode(value)))
+                    except (CorruptRecord, VersionMismatch) as exc:
+                        bad.append((key, value, exc))
+                        continue
+                    handed.append((seq, key, len(value)))
+                    if len(out) >= limit:
+                        break
+
             try:
-                with self._db.iterator(start=rkey(self._state.acked + 1), stop=REC_END) as it:
-                    for key, value in it:
-                        try:
-                            out.append((seq_of(key), decode(value)))
-                        except (CorruptRecord, VersionMismatch) as exc:
-                            bad.append((key, value, exc))
-                            continue
-                        if len(out) >= limit:
-                            break
+                if recent is not None:  # the drainer keeps up: no LevelDB iterator
+                    take((key, value) for _seq, key, value in recent)
+                else:
+                    with self._db.iterator(start=rkey(acked + 1), stop=REC_END) as it:
+                        take(it)
             except plyvel.Error as exc:
                 # A table or block LevelDB cannot read.  Hand out what came
                 # before it; with nothing before it the store is stuck here.
@@ -364,8 +429,14 @@ class SpillStore:
                     raise error from exc
             if bad:
                 self._quarantine(bad)
+            if len(out) < limit and not self._tail_on:
+                self._tail_on = True  # caught up: keep what is appended from now on
             if not out and not bad and self._state.records:
                 self._reset_empty()
+            elif handed:
+                # Every key from acked+1 to the last one seen was handed out or
+                # quarantined: ack() deletes these without walking them again.
+                self._handed = (acked, handed)
         return out
 
     def _quarantine(self, bad: list[tuple[bytes, bytes, Exception]]) -> None:
@@ -389,6 +460,7 @@ class SpillStore:
             state.quarantined, state.removed = after.quarantined, after.removed
             state.removed_bytes = after.removed_bytes
             self._oldest_known = False
+            self._drop_tail()  # it must not hand these out again
         metrics.CORRUPT_RECORDS.labels(store="spill").inc(len(bad))
         for key, value, reason in bad:
             logger.error(
@@ -450,15 +522,16 @@ class SpillStore:
             # start a compaction (there is no table to compact).
             keys: list[bytes] = []
             freed = 0
+            handed, self._handed = self._handed, None
             try:
-                with self._db.iterator(start=rkey(state.acked + 1), stop=rkey(upto_seq + 1)) as it:
-                    for key, value in it:
-                        keys.append(key)
-                        freed += len(value)
-                        if seq_of(key) >= upto_seq:
-                            # Stop here: stepping on would open the next table,
-                            # which may be the unreadable one peek stopped at.
+                if handed is not None and handed[0] == state.acked and upto_seq <= handed[1][-1][0]:
+                    for seq, key, size in handed[1]:
+                        if seq > upto_seq:
                             break
+                        keys.append(key)
+                        freed += size
+                else:
+                    freed = self._keys_upto(upto_seq, keys)
                 with self._lock:
                     after = replace(
                         state,
@@ -473,8 +546,24 @@ class SpillStore:
                     state.acked = after.acked
                     state.removed, state.removed_bytes = after.removed, after.removed_bytes
                     self._oldest_known = False
+                    tail = self._tail
+                    while tail and tail[0][0] <= upto_seq:
+                        self._tail_bytes -= len(tail.popleft()[2])
             except plyvel.Error as exc:
                 raise SpillError(f"spill store {self.path}: ack failed: {exc}") from exc
+
+    def _keys_upto(self, upto_seq: int, keys: list[bytes]) -> int:
+        """Append the keys from the head to ``upto_seq`` to ``keys``; return their bytes."""
+        freed = 0
+        with self._db.iterator(start=rkey(self._state.acked + 1), stop=rkey(upto_seq + 1)) as it:
+            for key, value in it:
+                keys.append(key)
+                freed += len(value)
+                if seq_of(key) >= upto_seq:
+                    # Stop here: stepping on would open the next table,
+                    # which may be the unreadable one peek stopped at.
+                    break
+        return freed
 
     # -- maintenance --------------------------------------------------------
     def compact(self) -> None:

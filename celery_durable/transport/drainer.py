@@ -41,6 +41,8 @@ ORPHAN_SCAN_INTERVAL = 5.0
 #: Seconds a caught-up drainer waits for more messages before the next batch:
 #: bounds drain cycles to ~200/s, adds at most this much latency in wal/buffered.
 DRAIN_LINGER = 0.005
+#: Seconds between backlog gauge updates while the drainer moves records.
+GAUGE_INTERVAL = 0.5
 #: Seconds an idle drainer sleeps when nothing wakes it.
 IDLE_WAIT = 1.0
 
@@ -67,6 +69,7 @@ class Drainer:
         self._adopted: list[SpillStore] = []
         self._thread: threading.Thread | None = None
         self._next_orphan_scan = 0.0
+        self._gauges_due = 0.0
         router.on_work = self.notify
         router.on_hurry = self.hurry
 
@@ -172,7 +175,12 @@ class Drainer:
             logger.exception("celery-durable: drainer error, retrying")
             self._on_broker_error(exc)
             return self._hurry, self.breaker.backoff()
-        self._update_gauges()
+        now = time.monotonic()
+        if not moved or now >= self._gauges_due:
+            # Every cycle would cost a LevelDB seek per store (the oldest
+            # record's age): while records flow, twice a second is enough.
+            self._gauges_due = now + GAUGE_INTERVAL
+            self._update_gauges()
         self.router.attempted(True)
         if moved:
             self.breaker.reset()
@@ -228,7 +236,11 @@ class Drainer:
                 router.set_aside(own, str(exc))
                 router.leave_disk_mode()
                 return 0
-            router.leave_disk_mode()  # if that emptied it
+            # Only an emptied store changes anything there, and in wal mode only
+            # a fork-tainted one (replaced): spare the router's lock, which
+            # every publisher takes, in the common case.
+            if not len(own) and (router.mode != "wal" or own.write_budget is not None):
+                router.leave_disk_mode()
             return moved
         if self.breaker.is_open:
             self.forwarder.ping()

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from kombu import Connection
 
-from ..redis_pipeline import can_push, push
+from ..redis_pipeline import can_push, push_records
 from ..spill import SpillRecord
 
 __all__ = ["Forwarder", "ForwardsBatches", "prepare_message"]
@@ -110,12 +110,15 @@ class Forwarder:
     def forward(self, records: Sequence[SpillRecord]) -> None:
         """Publish ``records`` in order; return only once the broker has them all."""
         channel = self._connect()
+        done: list[dict[str, Any]] | None = None
         for record in records:
-            self._declare(channel, record.declarations)
+            # Neighbours mostly carry equal declarations: compare, not re-key.
+            declarations = record.declarations
+            if declarations and declarations != done:
+                self._declare(channel, declarations)
+                done = declarations
         if can_push(channel, {record.exchange for record in records}):
-            push(
-                channel, [(prepare_message(channel, r), r.exchange, r.routing_key) for r in records]
-            )
+            push_records(channel, records)
             return
         create_batch = getattr(channel, "create_publish_batch", None)
         if create_batch is None:  # kombu < 5.7: one round trip per message

@@ -48,7 +48,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import queue_declare_ok_t
 
 from ..exceptions import ConfigError
-from ..redis_pipeline import can_push, push
+from ..redis_pipeline import can_push, push, push_records
 from ..spill import SpillRecord
 from . import Transport, failover_next, failover_reached, failover_urls, transport_class
 from .batch import DurablePublishBatch, Pending
@@ -85,6 +85,21 @@ class GuardedRedisChannel(kombu_redis.Channel):
 
     connection_class = refusing_connection_class(kombu_redis.Channel.connection_class)
     connection_class_ssl = refusing_connection_class(kombu_redis.Channel.connection_class_ssl)
+
+    _publish_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        # Kombu builds a new redis.Redis per publish (and the drainer per
+        # batch); building one (its response callback table) costs more than
+        # the LPUSH itself.  A client is thread-safe (connections come from
+        # the pool), so keep one per pool.
+        pool = self.pool
+        client = self._publish_client
+        if client is None or client.connection_pool is not pool:
+            client = self._publish_client = super()._create_client()
+        return client
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
         queues = super()._lookup(exchange, routing_key, default)
@@ -154,7 +169,6 @@ class DurableRedisChannel(GuardedRedisChannel):
     QoS = DurableQoS
     connection: DurableRedisTransport
     offline = False
-    _publish_client: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.client = _PingDeferred(self)
@@ -181,18 +195,6 @@ class DurableRedisChannel(GuardedRedisChannel):
             if "socket_connect_timeout" not in topts:
                 params["socket_connect_timeout"] = timeout
         return params
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            return super()._create_client(asynchronous=True)
-        # Kombu builds a new redis.Redis per publish; building one (its response
-        # callback table) costs more than the LPUSH itself.  A client is
-        # thread-safe (connections come from the pool), so keep one per pool.
-        pool = self.pool
-        client = self._publish_client
-        if client is None or client.connection_pool is not pool:
-            client = self._publish_client = super()._create_client()
-        return client
 
     # -- publishing --------------------------------------------------------------
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
@@ -230,6 +232,9 @@ class DurableRedisChannel(GuardedRedisChannel):
 
     def send_records(self, records: Sequence[SpillRecord]) -> None:
         """Publish ``records`` to redis now, in one pipeline (raises BROKER_DOWN errors)."""
+        if can_push(self, {record.exchange for record in records}):
+            push_records(self, records)
+            return
         self._send_now([(prepare_message(self, r), r.exchange, r.routing_key) for r in records])
 
     def _send_now(self, items: list[tuple[Any, str, str]]) -> None:

@@ -473,3 +473,69 @@ def test_unreadable_table_mid_backlog_hands_out_what_precedes_then_store_damaged
     moved = path.parent / "quarantine" / path.name
     assert not path.exists()
     assert {p.name for p in tables} <= {p.name for p in moved.glob("*.ldb")}
+
+
+def test_ack_after_peek_deletes_the_keys_peek_saw_without_walking_them_again(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SpillStore(path) as store:
+        store.extend([rec(i) for i in range(6)])
+    _corrupt_value(path, 2)  # quarantined by the peek, between handed-out records
+    with SpillStore(path) as store:
+        walks: list[int] = []
+        walk = store._keys_upto
+        monkeypatch.setattr(
+            store, "_keys_upto", lambda upto, keys: walks.append(upto) or walk(upto, keys)
+        )
+        assert ids(store.peek(4)) == [0, 2, 3, 4]  # seqs 1, 3, 4, 5
+        store.append(rec(6))  # lands after the peek: not acked
+        store.ack(5)
+        assert walks == [] and len(store) == 2
+        assert store.backlog_bytes == len(encode(rec(5))) + len(encode(rec(6)))
+        assert ids(store.peek(10)) == [5, 6]
+        store.append(rec(7))
+        store.ack(8)  # beyond what was peeked: walks the keys
+        assert walks == [8] and len(store) == 0 and store.backlog_bytes == 0
+    with SpillStore(path) as store:
+        assert len(store) == 0 and store.quarantined == 1 and store.peek(10) == []
+
+
+class _CountingDB:
+    """Delegates to a plyvel DB, counting the iterators made."""
+
+    def __init__(self, db: plyvel.DB) -> None:
+        self.db, self.iterators = db, 0
+
+    def iterator(self, *args: object, **kwargs: object) -> object:
+        self.iterators += 1
+        return self.db.iterator(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_peek_reads_the_newest_records_from_memory_while_it_keeps_up(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("celery_durable.spill.store.TAIL_RECORDS", 4)
+    with SpillStore(path) as store:
+        counting = _CountingDB(store._db)
+        monkeypatch.setattr(store, "_db", counting)
+        store.extend([rec(i) for i in range(6)])  # nobody reads yet: not kept in memory
+        assert ids(store.peek(3)) == [0, 1, 2] and counting.iterators == 1
+        store.ack(3)
+        assert ids(store.peek(10)) == [3, 4, 5] and counting.iterators == 2  # caught up
+        store.append(rec(6))
+        store.append(rec(7))
+        store.ack(6)
+        assert ids(store.peek(10)) == [6, 7] and counting.iterators == 2  # from memory
+        store.ack(8)
+        for i in range(8, 13):  # more than memory keeps: the reader fell behind
+            store.append(rec(i))
+        assert ids(store.peek(10)) == [8, 9, 10, 11, 12] and counting.iterators == 3
+        store.ack(13)
+        assert len(store) == 0 and store.backlog_bytes == 0
+        store.append(rec(13))
+        assert ids(store.peek(10)) == [13] and counting.iterators == 3
+    with SpillStore(path) as store:  # what memory handed out was on disk all along
+        assert ids(store.peek(10)) == [13]
