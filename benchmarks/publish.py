@@ -2,7 +2,8 @@
 
     python benchmarks/publish.py [--n 10000] [--repeat 1] [--backlog 100000]
         [--spill 1000000] [--json PATH]
-    python benchmarks/publish.py --broker amqp [--n 5000] [--backlog 100000]
+    python benchmarks/publish.py --broker amqp [--n 5000] [--repeat 1] [--backlog 100000]
+        [--json PATH]
 
 Every configuration runs in a fresh subprocess against a redis-server this
 script starts on a free loopback port, and prints one table with ratios:
@@ -30,6 +31,13 @@ RSS growth < 50 MB; start-up < 2 s.  ``--json PATH`` writes every figure
 broker blocked by a memory alarm) and the drain rate of a ``--backlog``
 (confirmed batches).  Targets: direct >= 1.0x ``amqp://`` with confirms; wal and
 buffered >= 0.9x memory://; down or blocked >= 0.8x memory://; drain >= 20,000/s.
+The drain's ceiling is measured in the same run on the same records (a copy of
+the spilled store): their frames, encoded beforehand, written 500 to a socket
+write with one wait for the confirms per batch (what RabbitMQ takes when the
+client costs nothing), and, for comparison, the same messages through py-amqp's
+``send_method`` (a syscall per message), one wait per batch.  Messages are
+persistent on a durable queue, as Celery sends them: RabbitMQ writes each to
+disk before it confirms it.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -149,12 +158,76 @@ def child(config: dict[str, object]) -> None:
             assert client.llen("bench-raw") == len(items)
             client.delete("bench-raw")
         print(json.dumps(rates))
+    elif kind == "amqp_ceiling":  # the amqp drain's ceilings: the drained records, batches of 500
+        print(json.dumps(amqp_ceiling(config)))
     elif kind == "adopt":  # start-up: open a durable connection, adopt, start draining
         from kombu import Connection
 
         conn = Connection(str(config["url"]), transport_options=app.conf.broker_transport_options)
         conn.transport.spiller.start()  # adopt the dead store, start draining
         time.sleep(float(config.get("hold", 0)))  # type: ignore[arg-type]
+
+
+def amqp_ceiling(config: dict[str, Any]) -> dict[str, float]:
+    """Publish the records of a copy of the drained store to RabbitMQ, confirmed per batch.
+
+    ``frames``: the frames the drainer writes, encoded beforehand (the broker's
+    share alone: one socket write and one wait for the confirms per
+    ``DRAIN_BATCH`` messages).  ``py_amqp``: prepared ``amqp.Message`` objects
+    written by py-amqp's ``send_method`` (a syscall per message), one wait per
+    batch.  Each gets a fresh virtual host.
+    """
+    import amqp
+
+    from celery_durable.spill import SpillStore
+    from celery_durable.transport.amqp_frames import FrameEncoder, record_message
+
+    store = SpillStore(str(config["store"]))
+    records = [record for _, record in store.peek(len(store))]
+    store.close()
+    rates = {}
+    for how, vhost in (("frames", config["vhost_frames"]), ("py_amqp", config["vhost_py_amqp"])):
+        conn = amqp.Connection(f"127.0.0.1:{config['port']}", virtual_host=vhost)
+        conn.connect()
+        channel = conn.channel()
+        for decl in records[0].declarations:
+            kwargs = dict(decl)
+            getattr(channel, kwargs.pop("op"))(**kwargs)
+        acked = [0]
+
+        def on_ack(tag: int, multiple: bool, acked: list[int] = acked) -> None:
+            acked[0] = max(acked[0], tag)
+
+        channel.events["basic_ack"].add(on_ack)
+        channel.confirm_select()
+        batches = [records[i : i + DRAIN_BATCH] for i in range(0, len(records), DRAIN_BATCH)]
+        encoder = FrameEncoder(channel.channel_id, conn.frame_max)
+        frames, messages = [], []
+        for batch in batches:
+            if how == "frames":
+                parts: list[bytes] = []
+                for record in batch:
+                    encoder.encode(record, parts)
+                frames.append(b"".join(parts))
+            else:
+                messages.append([(record_message(r), r.exchange, r.routing_key) for r in batch])
+        sent = 0
+        started = time.perf_counter()
+        for i, batch in enumerate(batches):
+            if how == "frames":
+                conn.transport.write(frames[i])
+            else:
+                for message, exchange, routing_key in messages[i]:
+                    channel.send_method(
+                        amqp.spec.Basic.Publish, "Bssbb",
+                        (0, exchange, routing_key, False, False), message,
+                    )  # fmt: skip
+            sent += len(batch)
+            while acked[0] < sent:
+                conn.drain_events(timeout=60)
+        rates[how] = sent / (time.perf_counter() - started)
+        conn.close()
+    return rates
 
 
 def run_child(config: dict[str, object], env: dict[str, str], timeout: float = 900) -> dict:
@@ -198,43 +271,55 @@ def main_amqp(args: argparse.Namespace) -> None:
     server = RabbitMQServer().start()
     dead = free_port()
     try:
-
-        def rate(label: str, url: str, options: dict | None = None) -> float:
-            vhost = server.new_vhost()
-            url = url.replace("VHOST", vhost)
-            value = run_child(
-                {"kind": "apply_async", "url": url, "n": args.n, "options": options or {}}, env
-            )["rate"]
-            print(f"  {label:<44} {value:>10,.0f} /s", flush=True)
-            shutil.rmtree(tmp / "durable", ignore_errors=True)
-            return float(value)
-
         base = f"amqp://guest:guest@127.0.0.1:{server.port}/VHOST"
-        print(f"apply_async, {args.n:,} calls per configuration (fresh process and vhost each):")
-        memory = rate("memory://", "memory://")
-        plain = rate("amqp://", base)
-        confirmed = rate("amqp:// confirm_publish=True", base, {"confirm_publish": True})
-        modes = {
-            mode: rate(f"durable+amqp:// {mode}", "durable+" + base, {"publish_mode": mode})
-            for mode in ("direct", "buffered", "wal")
-        }
         down_url = f"durable+amqp://guest:guest@127.0.0.1:{dead}//"
-        down = {
-            mode: rate(f"durable+amqp:// {mode}, broker down", down_url, {"publish_mode": mode})
-            for mode in ("direct", "wal")
-        }
-        server.set_memory_watermark(0.0000001)
-        try:
-            blocked = rate("durable+amqp:// direct, memory alarm", "durable+" + base,
-                           {"publish_mode": "direct"})  # fmt: skip
-        finally:
-            server.set_memory_watermark(0.4)
+        configs: dict[str, tuple[str, str, dict[str, object]]] = {
+            "memory": ("memory://", "memory://", {}),
+            "plain": ("amqp://", base, {}),
+            "confirm_publish": ("amqp:// confirm_publish=True", base, {"confirm_publish": True}),
+            **{
+                mode: (f"durable+amqp:// {mode}", "durable+" + base, {"publish_mode": mode})
+                for mode in ("direct", "buffered", "wal")
+            },
+            **{
+                f"{mode}_down": (f"durable+amqp:// {mode}, broker down", down_url,
+                                 {"publish_mode": mode})
+                for mode in ("direct", "wal")
+            },
+            "blocked": ("durable+amqp:// direct, memory alarm", "durable+" + base,
+                        {"publish_mode": "direct"}),
+        }  # fmt: skip
+        best: dict[str, float] = {}
+        print(f"apply_async, {args.n:,} calls per configuration (fresh process and vhost "
+              f"each), best of {args.repeat}:", flush=True)  # fmt: skip
+        # Configurations alternate within each round so all see the same load.
+        for _ in range(args.repeat):
+            for key, (_label, url, options) in configs.items():
+                url = url.replace("VHOST", server.new_vhost()) if "VHOST" in url else url
+                if key == "blocked":
+                    server.set_memory_watermark(0.0000001)
+                try:
+                    value = run_child(
+                        {"kind": "apply_async", "url": url, "n": args.n, "options": options}, env
+                    )["rate"]
+                finally:
+                    if key == "blocked":
+                        server.set_memory_watermark(0.4)
+                best[key] = max(best.get(key, 0.0), float(value))
+                shutil.rmtree(tmp / "durable", ignore_errors=True)
+        for key, (label, _url, _options) in configs.items():
+            print(f"  {label:<44} {best[key]:>10,.0f} /s", flush=True)
+        figures: dict[str, float] = dict(best)
 
         print(f"\ndrain: {args.backlog:,} spilled messages, then the broker comes back")
         vhost = server.new_vhost()
         url = "durable+" + base.replace("VHOST", vhost)
         server.kill()
         spilled = run_child({"kind": "spill", "url": url, "n": args.backlog}, env, timeout=1800)
+        # The ceiling publishes the same records: a copy of the store, made
+        # before the drainer adopts (and empties) it.
+        (store,) = (tmp / "durable" / "spill").glob("*/vm-*")
+        shutil.copytree(store, tmp / "ceiling-store")
         server.start()
         adopter = subprocess.Popen(
             [sys.executable, __file__, "--child",
@@ -256,24 +341,41 @@ def main_amqp(args: argparse.Namespace) -> None:
                 break
             time.sleep(0.05)
         adopter.kill()
+        adopter.wait()
         assert first is not None and last is not None, "backlog did not drain"
         drain_rate = (args.backlog + 1 - first[1]) / max(last - first[0], 1e-6)
+        ceiling = run_child(
+            {"kind": "amqp_ceiling", "url": "memory://", "n": 0, "port": server.port,
+             "store": str(tmp / "ceiling-store"), "vhost_frames": server.new_vhost(),
+             "vhost_py_amqp": server.new_vhost()},
+            env,
+        )  # fmt: skip
         print(f"  spilled at {spilled['rate']:,.0f}/s (Kombu publish, broker down); "
-              f"drained at {drain_rate:,.0f} msg/s (confirmed batches)")  # fmt: skip
+              f"drained at {drain_rate:,.0f} msg/s (confirmed batches); the same records, "
+              f"{DRAIN_BATCH} per confirm wait: {ceiling['frames']:,.0f} msg/s as frames "
+              f"encoded beforehand (ratio {drain_rate / ceiling['frames']:.2f}), "
+              f"{ceiling['py_amqp']:,.0f} msg/s through py-amqp's send_method")  # fmt: skip
+        figures.update(drain=drain_rate, drain_frames=ceiling["frames"],
+                       drain_py_amqp=ceiling["py_amqp"], backlog=args.backlog)  # fmt: skip
 
+        memory = best["memory"]
         print("\nsummary (ratios against the same run's baselines):")
         table = [
-            ("direct / amqp:// confirm_publish", modes["direct"] / confirmed, ">= 1.0"),
-            ("direct / amqp:// (unconfirmed)", modes["direct"] / plain, "(info)"),
-            ("buffered / memory://", modes["buffered"] / memory, ">= 0.9"),
-            ("wal / memory://", modes["wal"] / memory, ">= 0.9"),
-            ("direct, broker down / memory://", down["direct"] / memory, ">= 0.8"),
-            ("wal, broker down / memory://", down["wal"] / memory, ">= 0.8"),
-            ("direct, memory alarm / memory://", blocked / memory, ">= 0.8"),
-        ]
+            ("direct / amqp:// confirm_publish", best["direct"] / best["confirm_publish"],
+             ">= 1.0"),
+            ("direct / amqp:// (unconfirmed)", best["direct"] / best["plain"], "(info)"),
+            ("buffered / memory://", best["buffered"] / memory, ">= 0.9"),
+            ("wal / memory://", best["wal"] / memory, ">= 0.9"),
+            ("direct, broker down / memory://", best["direct_down"] / memory, ">= 0.8"),
+            ("wal, broker down / memory://", best["wal_down"] / memory, ">= 0.8"),
+            ("direct, memory alarm / memory://", best["blocked"] / memory, ">= 0.8"),
+            ("drain / same frames, pre-encoded", drain_rate / ceiling["frames"], "(ceiling)"),
+        ]  # fmt: skip
         for label, value, target in table:
             print(f"  {label:<36} {value:5.2f}x   target {target}")
         print(f"  {'drain rate':<36} {drain_rate:,.0f} msg/s   target >= 20,000")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
