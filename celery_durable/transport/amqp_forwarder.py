@@ -89,11 +89,25 @@ class AmqpForwarder:
         self._channel: Any = None
         self._confirms: Confirms | None = None
         self._encoder: FrameEncoder | None = None
+        self._last_io = 0.0  # monotonic time of the last confirmed exchange with RabbitMQ
         self._declared: set[str] = set()
         self._refused: set[str] = set()  # declarations RabbitMQ refused: not replayed again
 
     # -- connection ---------------------------------------------------------------
     def _connect(self) -> tuple[Any, Confirms]:
+        conn = self._conn
+        if (
+            conn is not None
+            and self._channel is not None
+            and conn.heartbeat
+            and time.monotonic() - self._last_io > conn.heartbeat
+        ):
+            # Nobody sends heartbeats on this connection (the drainer only
+            # writes when it has work): after two missed ones RabbitMQ closed
+            # it, and a batch written to it now would fail and open the
+            # breaker for nothing.  A connection idle that long is replaced.
+            logger.debug("celery-durable: replacing the drainer's idle amqp connection")
+            self.reset()
         if self._channel is None or self._confirms is None:
             conn = _Connection(**{**self.params, "connect_timeout": self.timeout})
             self._conn = conn
@@ -107,6 +121,7 @@ class AmqpForwarder:
                 raise
             self._channel, self._confirms = channel, confirms
             self._encoder = FrameEncoder(channel.channel_id, conn.frame_max)
+            self._last_io = time.monotonic()
             self._declared = set()
         return self._channel, self._confirms
 
@@ -132,6 +147,7 @@ class AmqpForwarder:
         channel, confirms = self._connect()  # a fresh connection probes as it connects
         if not fresh:
             self._probe(channel, confirms)
+            self._last_io = time.monotonic()
 
     # -- forwarding -------------------------------------------------------------------
     def forward(self, records: Sequence[SpillRecord]) -> None:
@@ -196,6 +212,7 @@ class AmqpForwarder:
             return
         deadline = time.monotonic() + max(self.timeout, BATCH_CONFIRM_TIMEOUT)
         sent.confirms.wait(sent.first, sent.last, deadline)
+        self._last_io = time.monotonic()
 
     def _declare(self, channel: Any, declarations: list[dict[str, Any]]) -> Any:
         """Replay what this connection has not declared yet; return the channel (maybe new)."""
