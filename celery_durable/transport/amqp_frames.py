@@ -104,11 +104,25 @@ def _item(value: Any, out: list[bytes]) -> None:
         raise _Fallback
 
 
+#: Encoded header names (Celery's ~20 are the same in every message).
+_KEYS: dict[str, bytes] = {}
+
+
 def _table(table: dict[Any, Any]) -> bytes:
     out: list[bytes] = []
+    append = out.append
+    keys = _KEYS
     for key, value in table.items():
-        out.append(_short(key))
-        _item(value, out)
+        name = keys.get(key) if type(key) is str else None
+        if name is None:
+            name = _short(key)
+            if type(key) is str and len(keys) < 4096:
+                keys[key] = name
+        append(name)
+        if value is None:
+            append(b"V")
+        else:
+            _item(value, out)
     data = b"".join(out)
     return _U32.pack(len(data)) + data
 
