@@ -41,7 +41,8 @@ class Figure:
     ``kind``: ``ratio`` (value / ceiling, target a minimum), ``overhead``
     (value / ceiling - 1, target a maximum), ``max`` (the value itself must
     stay below ``target``; the ratio to the ceiling is shown for scale) or
-    ``min`` (the value itself must reach ``target``; the ratio shown for scale).
+    ``min`` (the value itself must reach ``target``; the ratio shown for scale) or
+    ``cost`` (a cost such as CPU per call: ceiling / value, target a minimum).
     ``script`` names a :data:`SCRIPTS` entry (a script of ``benchmarks/`` and
     its arguments).
     """
@@ -138,7 +139,7 @@ FIGURES: list[Figure] = [
     ),
     # durable+amqp:// against a RabbitMQ node of its own (publish.py --broker amqp).
     Figure(
-        "amqp drain / the same frames pre-encoded, confirmed per batch",
+        "amqp drain / same frames pre-encoded, confirmed per batch",
         "publish_amqp",
         "drain",
         "drain_frames",
@@ -164,6 +165,26 @@ FIGURES: list[Figure] = [
         issue="11",
     ),
     Figure("amqp wal / memory://", "publish_amqp", "wal", "memory", "ratio", 0.9, issue="11"),
+    Figure(
+        "amqp wal / memory://, by CPU per call (drain included)",
+        "publish_amqp",
+        "wal_cpu_us",
+        "memory_cpu_us",
+        "cost",
+        0.9,
+        unit="us",
+        issue="11",
+    ),
+    Figure(
+        "amqp buffered / memory://, by CPU per call (drain included)",
+        "publish_amqp",
+        "buffered_cpu_us",
+        "memory_cpu_us",
+        "cost",
+        0.9,
+        unit="us",
+        issue="11",
+    ),
     Figure(
         "amqp buffered / memory://", "publish_amqp", "buffered", "memory", "ratio", 0.9, issue="11"
     ),
@@ -304,6 +325,9 @@ def evaluate(fig: Figure, data: dict[str, Any]) -> dict[str, Any]:
         shown, met, target = ratio, ratio >= fig.target, f">= {fig.target:g}"
     elif fig.kind == "overhead":
         shown, met, target = ratio - 1, ratio - 1 <= fig.target, f"<= +{fig.target:.0%}"
+    elif fig.kind == "cost":
+        ratio = ceiling / value if value else float("nan")
+        shown, met, target = ratio, ratio >= fig.target, f">= {fig.target:g}"
     elif fig.kind == "min":
         shown, met, target = ratio, value >= fig.target, f">= {fmt(fig.target, fig.unit)}"
     else:
