@@ -2,8 +2,9 @@
 
 The drainer's own py-amqp connection (never a user's), in confirm mode.  For
 a batch it replays the declarations the records carry (once per connection, in
-order), writes every message, then waits for RabbitMQ to confirm them all;
-only then does :meth:`forward` return and the drainer delete the records.  A
+order), writes every message (frames built by :mod:`.amqp_frames`, a batch in
+one socket write), then waits once for RabbitMQ to confirm them all; only then
+does :meth:`forward` return and the drainer delete the records.  A
 nack, a ``connection.blocked``, a missing confirm or a dead socket raise, and
 the whole batch is forwarded again later: a batch interrupted that way may
 reach the queues twice (at least once, never lost).
@@ -12,6 +13,9 @@ A fresh connection first publishes an unroutable probe and waits for its
 confirm (also what :meth:`ping` does): RabbitMQ blocks a connection only when it
 publishes during an alarm, so this is how the drainer learns, without sending
 a batch into a blocked socket, whether publishes are confirmed again.
+
+A connection idle for longer than its negotiated heartbeat is replaced before
+it is used: the drainer sends no heartbeats, so RabbitMQ has closed it.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class AmqpForwarder:
         self._refused: set[str] = set()  # declarations RabbitMQ refused: not replayed again
 
     # -- connection ---------------------------------------------------------------
-    def _connect(self) -> tuple[Any, Confirms]:
+    def _replace_if_idle(self) -> None:
         conn = self._conn
         if (
             conn is not None
@@ -108,6 +112,8 @@ class AmqpForwarder:
             # breaker for nothing.  A connection idle that long is replaced.
             logger.debug("celery-durable: replacing the drainer's idle amqp connection")
             self.reset()
+
+    def _connect(self) -> tuple[Any, Confirms]:
         if self._channel is None or self._confirms is None:
             conn = _Connection(**{**self.params, "connect_timeout": self.timeout})
             self._conn = conn
@@ -143,6 +149,7 @@ class AmqpForwarder:
 
     def ping(self) -> None:
         """Raise unless RabbitMQ confirms publishes now (connecting if needed)."""
+        self._replace_if_idle()
         fresh = self._channel is None
         channel, confirms = self._connect()  # a fresh connection probes as it connects
         if not fresh:
@@ -161,6 +168,7 @@ class AmqpForwarder:
         of many messages are written at once (py-amqp makes a syscall per
         message); RabbitMQ gets the same bytes in the same order.
         """
+        self._replace_if_idle()
         channel, confirms = self._connect()
         done: list[dict[str, Any]] | None = None
         for record in records:
