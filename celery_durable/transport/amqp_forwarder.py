@@ -2,8 +2,9 @@
 
 The drainer's own py-amqp connection (never a user's), in confirm mode.  For
 a batch it replays the declarations the records carry (once per connection, in
-order), writes every message, then waits for RabbitMQ to confirm them all;
-only then does :meth:`forward` return and the drainer delete the records.  A
+order), writes every message (frames built by :mod:`.amqp_frames`, a batch in
+one socket write), then waits once for RabbitMQ to confirm them all; only then
+does :meth:`forward` return and the drainer delete the records.  A
 nack, a ``connection.blocked``, a missing confirm or a dead socket raise, and
 the whole batch is forwarded again later: a batch interrupted that way may
 reach the queues twice (at least once, never lost).
@@ -12,6 +13,9 @@ A fresh connection first publishes an unroutable probe and waits for its
 confirm (also what :meth:`ping` does): RabbitMQ blocks a connection only when it
 publishes during an alarm, so this is how the drainer learns, without sending
 a batch into a blocked socket, whether publishes are confirmed again.
+
+A connection idle for longer than its negotiated heartbeat is replaced before
+it is used: the drainer sends no heartbeats, so RabbitMQ has closed it.
 """
 
 from __future__ import annotations
@@ -20,18 +24,24 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import amqp
-from amqp import spec
 from amqp.exceptions import ChannelError
-from amqp.method_framing import frame_writer
-from amqp.serialization import dumps
 
 from ..spill import SpillRecord
-from .confirms import BoundedChannel, BrokerBlocked, Confirms, bounded_rpc, publish_frame
+from .amqp_frames import FrameEncoder, record_message
+from .confirms import (
+    BoundedChannel,
+    BrokerBlocked,
+    BrokerOffline,
+    Confirms,
+    bounded_rpc,
+    publish_frame,
+)
 
-__all__ = ["AmqpForwarder", "record_message"]
+__all__ = ["AmqpForwarder", "Sent", "record_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +70,13 @@ class _Connection(amqp.Connection):
         self.blocked = False
 
 
-class _Collector:
-    """Stands in for py-amqp's socket transport: frames are gathered, then written at once."""
+@dataclass(frozen=True)
+class Sent:
+    """Publishes written by :meth:`AmqpForwarder.send`: delivery tags ``first..last``."""
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def write(self, data: Any) -> None:
-        self.parts.append(bytes(data))  # py-amqp hands over a view of a reused buffer
-        self.size += len(data)
-
-    def take(self) -> bytes:
-        data, self.parts, self.size = b"".join(self.parts), [], 0
-        return data
+    confirms: Confirms
+    first: int
+    last: int
 
 
 #: Bytes of frames gathered before one socket write.
@@ -89,10 +92,27 @@ class AmqpForwarder:
         self._conn: _Connection | None = None
         self._channel: Any = None
         self._confirms: Confirms | None = None
+        self._encoder: FrameEncoder | None = None
+        self._last_io = 0.0  # monotonic time of the last confirmed exchange with RabbitMQ
         self._declared: set[str] = set()
         self._refused: set[str] = set()  # declarations RabbitMQ refused: not replayed again
 
     # -- connection ---------------------------------------------------------------
+    def _replace_if_idle(self) -> None:
+        conn = self._conn
+        if (
+            conn is not None
+            and self._channel is not None
+            and conn.heartbeat
+            and time.monotonic() - self._last_io > conn.heartbeat
+        ):
+            # Nobody sends heartbeats on this connection (the drainer only
+            # writes when it has work): after two missed ones RabbitMQ closed
+            # it, and a batch written to it now would fail and open the
+            # breaker for nothing.  A connection idle that long is replaced.
+            logger.debug("celery-durable: replacing the drainer's idle amqp connection")
+            self.reset()
+
     def _connect(self) -> tuple[Any, Confirms]:
         if self._channel is None or self._confirms is None:
             conn = _Connection(**{**self.params, "connect_timeout": self.timeout})
@@ -106,6 +126,8 @@ class AmqpForwarder:
                 self.reset()
                 raise
             self._channel, self._confirms = channel, confirms
+            self._encoder = FrameEncoder(channel.channel_id, conn.frame_max)
+            self._last_io = time.monotonic()
             self._declared = set()
         return self._channel, self._confirms
 
@@ -118,6 +140,7 @@ class AmqpForwarder:
     def reset(self) -> None:
         """Drop the connection after a failure (no network I/O: the broker may be frozen)."""
         conn, self._conn, self._channel, self._confirms = self._conn, None, None, None
+        self._encoder = None
         if conn is not None:
             try:
                 conn.collect()
@@ -126,40 +149,81 @@ class AmqpForwarder:
 
     def ping(self) -> None:
         """Raise unless RabbitMQ confirms publishes now (connecting if needed)."""
+        self._replace_if_idle()
         fresh = self._channel is None
         channel, confirms = self._connect()  # a fresh connection probes as it connects
         if not fresh:
             self._probe(channel, confirms)
+            self._last_io = time.monotonic()
 
     # -- forwarding -------------------------------------------------------------------
     def forward(self, records: Sequence[SpillRecord]) -> None:
         """Publish ``records`` in order; return only once RabbitMQ confirmed them all."""
+        self.wait(self.send(records))
+
+    def send(self, records: Sequence[SpillRecord]) -> Sent:
+        """Write ``records`` (their declarations first), waiting for no confirm.
+
+        Returns what :meth:`wait` needs to wait for their confirms.  The frames
+        of many messages are written at once (py-amqp makes a syscall per
+        message); RabbitMQ gets the same bytes in the same order.
+        """
+        self._replace_if_idle()
         channel, confirms = self._connect()
+        done: list[dict[str, Any]] | None = None
         for record in records:
-            self._declare(channel, record.declarations)
+            # Neighbours mostly carry equal declarations: compare, not re-key.
+            declarations = record.declarations
+            if declarations and declarations != done:
+                channel = self._declare(channel, declarations)
+                done = declarations
         channel, confirms = self._connect()  # a refused declaration closed the channel
-        assert self._conn is not None
-        if self._conn.blocked:
+        conn = self._conn
+        assert conn is not None and self._encoder is not None
+        if conn.blocked:
             raise BrokerBlocked("RabbitMQ blocked the drainer's connection (resource alarm)")
-        # py-amqp writes each message with its own syscall; gather the frames of
-        # many messages (same bytes, same order) and write them at once.
-        collector = _Collector()
-        write_frame = frame_writer(self._conn, collector)
-        transport = self._conn.transport
+        encode = self._encoder.encode
+        transport = conn.transport
         first = confirms.next_tag
+        parts: list[bytes] = []
+        count = size = 0
         with transport.having_timeout(self.timeout):  # a full socket: give up
             for record in records:
-                args = dumps("Bssbb", (0, record.exchange, record.routing_key, False, False))
-                write_frame(1, channel.channel_id, spec.Basic.Publish, args, record_message(record))
-                confirms.published()
-                if collector.size >= _WRITE_CHUNK:
-                    transport.write(collector.take())
-            if collector.parts:
-                transport.write(collector.take())
-        deadline = time.monotonic() + max(self.timeout, BATCH_CONFIRM_TIMEOUT)
-        confirms.wait(first, confirms.next_tag - 1, deadline)
+                encode(record, parts)
+                count += 1
+                size += len(record.body) + 512
+                if size >= _WRITE_CHUNK:
+                    self._write(transport, parts, count, confirms)
+                    parts, count, size = [], 0, 0
+            if parts:
+                self._write(transport, parts, count, confirms)
+        return Sent(confirms, first, confirms.next_tag - 1)
 
-    def _declare(self, channel: Any, declarations: list[dict[str, Any]]) -> None:
+    def _write(self, transport: Any, parts: list[bytes], count: int, confirms: Confirms) -> None:
+        # Delivery tags count what went out: a failure later in the batch
+        # leaves them right (and resets the connection anyway).
+        transport.write(b"".join(parts))
+        confirms.published_many(count)
+        assert self._conn is not None
+        self._conn.bytes_sent += 1  # py-amqp's heartbeat bookkeeping: we wrote something
+
+    def wait(self, sent: Sent) -> None:
+        """Return once RabbitMQ confirmed everything :meth:`send` returned ``sent`` for.
+
+        Raises (a broker error) on a nack, a ``connection.blocked``, no confirm
+        within ``publish_timeout`` (at least :data:`BATCH_CONFIRM_TIMEOUT`), or
+        when the connection they were written to is gone.
+        """
+        if sent.confirms is not self._confirms:
+            raise BrokerOffline("the connection these publishes were written to is gone")
+        if sent.last < sent.first:
+            return
+        deadline = time.monotonic() + max(self.timeout, BATCH_CONFIRM_TIMEOUT)
+        sent.confirms.wait(sent.first, sent.last, deadline)
+        self._last_io = time.monotonic()
+
+    def _declare(self, channel: Any, declarations: list[dict[str, Any]]) -> Any:
+        """Replay what this connection has not declared yet; return the channel (maybe new)."""
         for decl in declarations:
             key = json.dumps(decl, sort_keys=True, default=str)
             if key in self._declared or key in self._refused:
@@ -186,6 +250,7 @@ class AmqpForwarder:
                     self._declared = declared
                     continue
             self._declared.add(key)
+        return channel
 
     def close(self) -> None:
         self.reset()
@@ -196,17 +261,3 @@ def bounded_rpc_channel(conn: amqp.Connection, timeout: float) -> Any:
     channel = BoundedChannel(conn)
     bounded_rpc(channel, timeout, channel.open)
     return channel
-
-
-#: Properties that are record fields of their own.
-_OWN_FIELDS = ("content_type", "content_encoding", "application_headers")
-
-
-def record_message(record: SpillRecord) -> amqp.Message:
-    """The py-amqp message for a record (body, headers and properties exactly as published)."""
-    properties = {k: v for k, v in record.properties.items() if k not in _OWN_FIELDS}
-    if record.content_type is not None:
-        properties["content_type"] = record.content_type
-    if record.content_encoding is not None:
-        properties["content_encoding"] = record.content_encoding
-    return amqp.Message(record.body, application_headers=dict(record.headers), **properties)

@@ -71,6 +71,11 @@ class Confirms:
         self.pending.add(tag)
         return tag
 
+    def published_many(self, n: int) -> None:
+        """Note ``n`` more publishes on the channel (tags ``next_tag .. next_tag + n - 1``)."""
+        self.pending.update(range(self.next_tag, self.next_tag + n))
+        self.next_tag += n
+
     def _on_ack(self, tag: int, multiple: bool) -> None:
         if multiple:
             self.pending = {t for t in self.pending if t > tag}

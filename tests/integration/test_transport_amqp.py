@@ -360,3 +360,49 @@ def test_kombu_producer_across_a_clean_broker_stop(rabbitmq: RabbitMQServer) -> 
         with conn.Consumer([queue], callbacks=[lambda body, m: (got.append(body["i"]), m.ack())]):
             wait_for(received_all, timeout=60)
     assert got == list(range(30))
+
+
+def _closed_by_peer(sock: Any) -> bool:
+    """The peer closed ``sock``: it reads as end of file (or a reset) without blocking."""
+    import select
+    import socket
+
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        while True:  # RabbitMQ's heartbeats may come first
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_drainer_connection_idle_past_its_heartbeat_is_replaced(rabbitmq: RabbitMQServer) -> None:
+    # The drainer writes only when it has work and sends no heartbeats: RabbitMQ
+    # closes its connection after two missed ones.  The next batch used to fail
+    # on it (ConnectionResetError) and open the breaker for nothing.
+    from celery_durable.spill import SpillRecord
+    from celery_durable.transport.amqp_forwarder import AmqpForwarder
+
+    if rabbitmq.proc is None:
+        rabbitmq.start()
+    vhost = rabbitmq.new_vhost()
+    params = {"host": f"127.0.0.1:{rabbitmq.port}", "userid": "guest", "password": "guest",
+              "virtual_host": vhost, "heartbeat": 1}  # fmt: skip
+    forwarder = AmqpForwarder(params, timeout=5.0)
+    declare = {"op": "queue_declare", "queue": "idle", "durable": True, "exclusive": False,
+               "auto_delete": False, "arguments": {}}  # fmt: skip
+    record = SpillRecord(body=b"{}", exchange="", routing_key="idle", declarations=[declare])
+    try:
+        forwarder.forward([record])
+        conn = forwarder._conn
+        assert conn is not None and conn.heartbeat == 1
+        wait_for(lambda: _closed_by_peer(conn.sock), timeout=30,
+                 message="RabbitMQ to close the idle connection")  # fmt: skip
+        forwarder.forward([record])  # a fresh connection, no error
+        assert rabbitmq.queue_length("idle", vhost) == 2
+    finally:
+        forwarder.close()

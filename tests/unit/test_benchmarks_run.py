@@ -22,10 +22,11 @@ def load() -> ModuleType:
 def test_every_figure_names_a_script_of_this_tree_with_a_json_option() -> None:
     run = load()
     for fig in run.FIGURES:
-        script = ROOT / "benchmarks" / f"{fig.script}.py"
-        assert script.exists(), fig
-        assert '"--json"' in script.read_text(), f"{fig.script}.py has no --json"
-        assert fig.kind in ("ratio", "overhead", "max"), fig
+        script = run.script_file(fig.script)
+        assert script.parent == ROOT / "benchmarks" and script.exists(), fig
+        assert fig.script in run.SCRIPTS, fig
+        assert '"--json"' in script.read_text(), f"{script.name} has no --json"
+        assert fig.kind in ("ratio", "overhead", "max", "min", "cost"), fig
 
 
 def test_ratio_overhead_and_max_figures() -> None:
@@ -41,6 +42,12 @@ def test_ratio_overhead_and_max_figures() -> None:
     top = run.Figure("m", "s", "v", "c", "max", 10.0, unit="ms")
     row = run.evaluate(top, {"v": 12.0, "c": 4.0})
     assert row["target"] == "< 10 ms" and not row["met"] and row["ratio"] == 3.0
+    floor = run.Figure("n", "s", "v", "c", "min", 20_000)
+    row = run.evaluate(floor, {"v": 15_000.0, "c": 10_000.0})
+    assert row["target"] == ">= 20,000/s" and not row["met"] and row["ratio"] == 1.5
+    cost = run.Figure("c", "s", "v", "c", "cost", 0.9, unit="us")
+    row = run.evaluate(cost, {"v": 200.0, "c": 150.0})
+    assert row["target"] == ">= 0.9" and not row["met"] and row["ratio"] == 0.75
 
 
 def test_a_missing_script_is_listed_not_failed(tmp_path: Path) -> None:
