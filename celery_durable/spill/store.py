@@ -296,11 +296,13 @@ class SpillStore:
             self._wake.set()
         return seq
 
-    def extend(self, records: Sequence[SpillRecord]) -> int:
+    def extend(self, records: Sequence[SpillRecord], *, past_limit: bool = False) -> int:
         """Store ``records`` in one atomic ``write_batch``; return the last sequence number.
 
         All or nothing: on :class:`SpillFull` or :class:`SpillError` none is stored.
         With no records, returns the newest sequence number already used.
+        ``past_limit`` writes them even beyond ``max_bytes`` (accepted messages
+        that would otherwise be lost: the memory buffer at exit).
         """
         values = [encode(r) for r in records]
         size = sum(map(len, values))
@@ -310,7 +312,7 @@ class SpillStore:
                 raise SpillError(f"spill store {self.path} is closed")
             if not values:
                 return state.next_seq - 1
-            if state.nbytes + size > self.max_bytes:
+            if state.nbytes + size > self.max_bytes and not past_limit:
                 raise self._full(size)
             self._account(size + WRITE_COST * len(values))
             first = state.next_seq

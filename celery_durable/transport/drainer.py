@@ -25,7 +25,7 @@ import threading
 import time
 
 from .. import metrics
-from ..exceptions import SpillError, StoreDamaged
+from ..exceptions import SpillError, SpillFull, StoreDamaged
 from ..spill import SpillStore, StoreLocked, find_orphans, forksafe
 from ..spill.directory import set_aside_damaged
 from .forwarder import ForwardsBatches
@@ -329,7 +329,17 @@ class Drainer:
             self._wake.set()
             time.sleep(0.01)
         try:
-            self.router.buffer_to_disk("shutdown")
+            try:
+                self.router.buffer_to_disk("shutdown")
+            except SpillFull:
+                # Every buffered message was accepted: a store past spill_max_bytes
+                # (by at most buffer_max_bytes) is better than losing them.
+                logger.warning(
+                    "celery-durable: spill store full at shutdown: writing %d buffered "
+                    "messages past spill_max_bytes",
+                    self.router.buffered,
+                )
+                self.router.buffer_to_disk("shutdown", past_limit=True)
         except SpillError:
             logger.exception(
                 "celery-durable: %d buffered messages could not be spilled at shutdown",

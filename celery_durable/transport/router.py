@@ -345,17 +345,22 @@ class PublishRouter:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def buffer_to_disk(self, reason: str) -> None:
-        """Move the whole buffer to disk, in order (broker down, shutdown).  Raises SpillError."""
-        with self.lock:
-            self._buffer_to_disk_locked(reason)
+    def buffer_to_disk(self, reason: str, past_limit: bool = False) -> None:
+        """Move the whole buffer to disk, in order (broker down, shutdown).  Raises SpillError.
 
-    def _buffer_to_disk_locked(self, reason: str) -> None:
+        ``past_limit``: even beyond ``spill_max_bytes`` (at exit, where the
+        buffer would otherwise be lost).
+        """
+        with self.lock:
+            self._buffer_to_disk_locked(reason, past_limit)
+
+    def _buffer_to_disk_locked(self, reason: str, past_limit: bool = False) -> None:
         self.disk_mode = True
         if not self._buffer:
             return
         records = list(self._buffer)
-        self._open_store().extend(records)  # SpillFull: the buffer stays, in order
+        # SpillFull: the buffer stays, in order
+        self._open_store().extend(records, past_limit=past_limit)
         self._buffer.clear()
         self._buffer_bytes = 0
         self._buffer_gen += 1
