@@ -100,7 +100,7 @@ def cum_of(key: bytes) -> int:
 
 
 def find_key(db: plyvel.DB, seq: int, prefix: bytes = REC) -> bytes | None:
-    """The full key of record ``seq`` (tests and tools; the store never needs it)."""
+    """The full key of record ``seq`` (tests, tools, and quarantining one record)."""
     with db.iterator(prefix=prefix + SEQ.pack(seq), include_value=False) as it:
         return next(it, None)
 

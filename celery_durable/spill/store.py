@@ -69,6 +69,7 @@ from .layout import (
     StoreLocked,
     StoreState,
     damage_note,
+    find_key,
     first_created,
     first_key,
     lost_tables,
@@ -440,6 +441,17 @@ class SpillStore:
                 # quarantined: ack() deletes these without walking them again.
                 self._handed = (acked, handed)
         return out
+
+    def quarantine(self, seq: int, reason: Exception) -> None:
+        """Set record ``seq`` aside, as a corrupt one is (the broker can never take it)."""
+        with self._read_lock:
+            self._check_open()
+            key = find_key(self._db, seq)
+            if key is None:
+                return
+            value = self._db.get(key)
+            if value is not None:
+                self._quarantine([(key, value, reason)])
 
     def _quarantine(self, bad: list[tuple[bytes, bytes, Exception]]) -> None:
         state = self._state

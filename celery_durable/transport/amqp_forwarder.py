@@ -40,6 +40,7 @@ from .confirms import (
     bounded_rpc,
     publish_frame,
 )
+from .forwarder import UnsendableRecord
 
 __all__ = ["AmqpForwarder", "Sent", "record_message"]
 
@@ -188,8 +189,11 @@ class AmqpForwarder:
         parts: list[bytes] = []
         count = size = 0
         with transport.having_timeout(self.timeout):  # a full socket: give up
-            for record in records:
-                encode(record, parts)
+            for index, record in enumerate(records):
+                try:
+                    encode(record, parts)
+                except Exception as exc:  # pure encoding: nothing of it was written
+                    raise UnsendableRecord(index, exc) from exc
                 count += 1
                 size += len(record.body) + 512
                 if size >= _WRITE_CHUNK:

@@ -28,7 +28,7 @@ from .. import metrics
 from ..exceptions import SpillError, SpillFull, StoreDamaged
 from ..spill import SpillStore, StoreLocked, find_orphans, forksafe
 from ..spill.directory import set_aside_damaged
-from .forwarder import ForwardsBatches
+from .forwarder import ForwardsBatches, UnsendableRecord
 from .router import PublishRouter
 
 __all__ = ["DRAIN_LINGER", "ORPHAN_SCAN_INTERVAL", "Drainer"]
@@ -255,7 +255,13 @@ class Drainer:
 
     def _forward_buffer(self) -> int:
         gen, batch = self.router.buffer_head(self.options.drain_batch)
-        self.forwarder.forward(batch)
+        try:
+            self.forwarder.forward(batch)
+        except UnsendableRecord:
+            # The store can set it aside; the buffer cannot (order: all of it goes).
+            self.router.buffer_to_disk("backlog")
+            return 1  # progress: the next cycle quarantines it there
+
         self.router.buffer_sent(gen, len(batch))
         metrics.DRAINED.inc(len(batch))
         return len(batch)
@@ -266,7 +272,12 @@ class Drainer:
         items = store.peek(self.options.drain_batch)
         if not items:
             return 0
-        self.forwarder.forward([record for _, record in items])
+        try:
+            self.forwarder.forward([record for _, record in items])
+        except UnsendableRecord as exc:
+            # Retrying could never succeed and would hold everything behind it.
+            store.quarantine(items[exc.index][0], exc)
+            return 1  # progress: the head moved (what came before it is sent again)
         try:
             store.ack(items[-1][0])
         except SpillError:

@@ -28,18 +28,37 @@ from kombu import Connection
 from ..redis_pipeline import can_push, push_records
 from ..spill import SpillRecord
 
-__all__ = ["Forwarder", "ForwardsBatches", "prepare_message"]
+__all__ = ["Forwarder", "ForwardsBatches", "UnsendableRecord", "prepare_message"]
 
 logger = logging.getLogger(__name__)
 
 _DECLARE_OPS = ("exchange_declare", "queue_declare", "queue_bind")
 
 
+class UnsendableRecord(Exception):
+    """``records[index]`` cannot be encoded for this broker: the record's fault, not the broker's.
+
+    Raised by :meth:`ForwardsBatches.forward` before any byte of that record is
+    sent (what came before it in the batch may have been: it is sent again).
+    The drainer quarantines the record instead of retrying it for ever behind
+    an open breaker.  Example: a header value the spill format keeps (a UUID,
+    through Kombu's JSON registry) that py-amqp's table encoding refuses.
+    """
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(f"the broker's encoding refuses it: {type(cause).__name__}: {cause}")
+        self.index = index
+        self.cause = cause
+
+
 class ForwardsBatches(Protocol):
     """What the drainer needs from a broker (a forwarder per broker kind)."""
 
     def forward(self, records: Sequence[SpillRecord]) -> None:
-        """Publish ``records`` in order; return only once the broker has them all."""
+        """Publish ``records`` in order; return only once the broker has them all.
+
+        Raises one of the broker errors, or :class:`UnsendableRecord`.
+        """
 
     def ping(self) -> None:
         """Raise one of the broker errors unless the broker answers."""

@@ -406,3 +406,50 @@ def test_drainer_connection_idle_past_its_heartbeat_is_replaced(rabbitmq: Rabbit
         assert rabbitmq.queue_length("idle", vhost) == 2
     finally:
         forwarder.close()
+
+
+def test_a_record_amqp_cannot_encode_is_quarantined_not_retried_for_ever(
+    rabbitmq: RabbitMQServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header the spill format keeps but py-amqp's tables refuse (a UUID) is set aside.
+
+    Before: the drainer's FrameSyntaxError counted as the broker being down, so
+    the breaker stayed open and everything behind that record waited for ever.
+    """
+    import uuid
+
+    from kombu import Connection, Queue
+
+    from celery_durable.transport.registry import shutdown_all
+
+    vhost = rabbitmq.new_vhost()
+    queue = Queue("poison", routing_key="poison")
+    try:
+        with Connection(
+            "durable+" + rabbitmq.url(vhost), transport_options={"publish_mode": "wal"}
+        ) as conn:
+            producer = conn.Producer()
+            producer.publish({"n": -1}, routing_key="poison", declare=[queue],
+                             headers={"bad": uuid.uuid4()})  # fmt: skip
+            for n in range(20):
+                producer.publish({"n": n}, routing_key="poison", declare=[queue])
+            with Connection(rabbitmq.url(vhost)) as plain:
+                got: list[int] = []
+
+                def arrived() -> bool:
+                    with plain.SimpleQueue(queue) as sq:
+                        while True:
+                            try:
+                                message = sq.get(timeout=0.2)
+                            except sq.Empty:
+                                return len(got) >= 20
+                            got.append(message.payload["n"])
+                            message.ack()
+
+                wait_for(arrived, timeout=60)
+            assert got == list(range(20)), "everything behind it arrives, in order"
+            store = conn.transport.spiller.router.store
+            assert store is not None and store.quarantined == 1
+        assert "quarantined" in caplog.text and "UUID" in caplog.text
+    finally:
+        shutdown_all(0.0)
