@@ -151,7 +151,7 @@ def bench_trace(n: int, tmp: Path) -> tuple[float, float, float, float]:
     )
 
 
-def bench_worker(n: int, tmp: Path, rounds: int = 4) -> dict[str, float]:
+def bench_worker(n: int, tmp: Path, rounds: int = 4) -> dict[str, Any]:
     """Per failing task in a real solo worker, with capture and without.
 
     ``rounds`` pairs of runs of ``n`` tasks, alternating ABBA (plain, dumped,
@@ -219,6 +219,8 @@ def bench_worker(n: int, tmp: Path, rounds: int = 4) -> dict[str, float]:
             "worker_dumped_threads_cpu_s": statistics.median(threads["dumped"]),
             "worker_plain_threads_cpu_s": statistics.median(threads["plain"]),
             "worker_runs": len(wall["plain"]),
+            "worker_wall_runs_s": wall,
+            "worker_cpu_runs_s": cpu,
         }
     finally:
         worker.terminate(timeout=60)
@@ -288,6 +290,12 @@ def main() -> None:
             f"{worker['worker_plain_threads_cpu_s'] * 1e6:.1f} us, captured "
             f"{worker['worker_dumped_threads_cpu_s'] * 1e6:.1f} us"
         )
+        for what in ("wall", "cpu"):
+            runs = worker[f"worker_{what}_runs_s"]
+            print(
+                f"  {what} per run (us, in order of kind): "
+                + "; ".join(f"{k} " + ", ".join(f"{v * 1e6:.0f}" for v in runs[k]) for k in runs)
+            )
         figures.update(worker, worker_n=wn)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
