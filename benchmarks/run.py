@@ -120,6 +120,15 @@ FIGURES: list[Figure] = [
         unit="s",
     ),
     Figure(
+        "dead-letter capture overhead, solo worker (CPU)",
+        "dlq",
+        "worker_dumped_cpu_s",
+        "worker_plain_cpu_s",
+        "overhead",
+        0.03,
+        unit="s",
+    ),
+    Figure(
         "apply_async p99.9, wal, LevelDB compacting (vs memory://)",
         "latency",
         "wal.p999_ms",

@@ -40,12 +40,11 @@ raises into the worker: any error is logged.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from celery import signals
@@ -79,6 +78,7 @@ _marked_names: dict[str, tuple[type[BaseException], ...]] = {}
 # Keyed by the app itself (weakly): ids of dead apps get reused.
 _queues: weakref.WeakKeyDictionary[Any, DumpQueue] = weakref.WeakKeyDictionary()
 _queues_lock = threading.Lock()
+_last: tuple[weakref.ref[Any], DumpQueue] | None = None
 
 
 # -- the decorator --------------------------------------------------------------
@@ -134,6 +134,9 @@ def _marks(task: Any) -> tuple[type[BaseException], ...] | None:
 # -- the dump queue of this process ---------------------------------------------
 def queue_for_app(app: Any) -> DumpQueue:
     """This process's dump queue for ``app`` (created on first use)."""
+    last = _last
+    if last is not None and last[0]() is app:
+        return last[1]
     queue = _queues.get(app)
     if queue is None:
         with _queues_lock:
@@ -147,7 +150,15 @@ def queue_for_app(app: Any) -> DumpQueue:
                     wal_max_bytes=settings["durable_dlq_wal_max_bytes"],
                 )
                 _queues[app] = queue
+    _remember(app, queue)
     return queue
+
+
+def _remember(app: Any, queue: DumpQueue) -> None:
+    # The last app asked for, to skip the weak dictionary (its lookup is Python
+    # code) on a failing task's path; weakly, like the dictionary.
+    global _last
+    _last = (weakref.ref(app), queue)
 
 
 def flush_all(timeout: float = 10.0) -> None:
@@ -168,8 +179,9 @@ def _forget_after_fork() -> None:
     # The parent's log and thread stay the parent's; the child builds its own
     # log (and flusher thread) on first use.  The parent's objects are dropped,
     # never closed: their descriptors and locks belong to the parent.
-    global _queues_lock
+    global _queues_lock, _last
     _queues.clear()
+    _last = None
     _queues_lock = threading.Lock()
 
 
@@ -202,27 +214,27 @@ class DeadLetterRequest:
 
     id: str
 
+    # try/finally rather than a context manager: a solo or thread pool calls
+    # on_failure for every failed task, on the task's own path.
     def on_timeout(self, soft: bool, timeout: float) -> Any:
-        with _report(self):
+        previous = getattr(_reporting, "request", None)
+        _reporting.request = self
+        try:
             return super().on_timeout(soft, timeout)  # type: ignore[misc]
+        finally:
+            _reporting.request = previous
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> Any:
-        with _report(self):
+        previous = getattr(_reporting, "request", None)
+        _reporting.request = self
+        try:
             return super().on_failure(  # type: ignore[misc]
                 exc_info, send_failed_event=send_failed_event, return_ok=return_ok
             )
-
-
-@contextlib.contextmanager
-def _report(request: Any) -> Iterator[None]:
-    previous = getattr(_reporting, "request", None)
-    _reporting.request = request
-    try:
-        yield
-    finally:
-        _reporting.request = previous
+        finally:
+            _reporting.request = previous
 
 
 def _reported_request(task_id: str) -> Any:
@@ -308,9 +320,11 @@ def _capture(
         return
     if isinstance(exc, NOT_FINAL):
         return
-    if not _captured(task):
-        return
-    excluded = _marks(task) or ()
+    excluded = _marks(task)
+    if excluded is None:
+        if not _captured(task):
+            return
+        excluded = ()
     if excluded and isinstance(exc, excluded):
         return
     request = _reported_request(task_id)

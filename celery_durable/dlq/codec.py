@@ -15,6 +15,12 @@ Decoding JSON, the common case, skips Kombu's per-object hook (a Python call for
 every dict, a third of a restore's read time) whenever the payload cannot hold
 one of Kombu's ``{"__type__": ..., "__value__": ...}`` markers: then the hook
 changes nothing and the C decoder alone gives the identical result.
+
+Encoding is on a failing task's path, so :meth:`Codec.encode` calls the
+registered encoder itself rather than through ``kombu.serialization.dumps``
+(its error-wrapping context manager and lookups cost as much as a third of
+the encoding), and for Kombu's own ``json`` it reuses one encoder of the very
+class and options ``kombu.utils.json.dumps`` builds on every call: same bytes.
 """
 
 from __future__ import annotations
@@ -76,18 +82,37 @@ class Codec:
     def __init__(self, serializer: str = "json", accept: Iterable[str] | None = None) -> None:
         self.serializer = serializer
         self.accept: set[str] = prepare_accept_content(list(accept or ["json"]))
+        # What kombu.utils.json.dumps does per call: cls(**no options).encode(obj).
+        self._json = _KOMBU_JSON_CLS()
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     def encode(self, entry: DumpEntry) -> bytes:
+        fields = vars(entry)
+        # A copy of the instance dict is to_dict() at a tenth of the cost, when
+        # it holds exactly the dataclass fields (nothing set on the side).
+        same = fields.keys() == type(entry).__dataclass_fields__.keys()
+        data = dict(fields) if same else entry.to_dict()
+        # Looked up per call, as Kombu does: a serializer registered later wins.
+        found = getattr(registry, "_encoders", {}).get(self.serializer)
         try:
-            content_type, content_encoding, data = dumps(
-                entry.to_dict(), serializer=self.serializer
-            )
+            if found is None or self.serializer == "raw":  # Kombu says what is wrong
+                content_type, content_encoding, payload = dumps(data, serializer=self.serializer)
+            else:
+                content_type, content_encoding, encoder = found
+                fast = encoder is _KOMBU_JSON_DUMPS
+                payload = self._json.encode(data) if fast else encoder(data)
         except Exception as exc:  # kombu raises EncodeError and friends
             raise DumpError(f"cannot encode dump of {entry.task_id}: {exc!r}") from exc
-        raw = data.encode(content_encoding or "utf-8") if isinstance(data, str) else data
-        ct = (content_type or "").encode()
-        ce = (content_encoding or "").encode()
-        return struct.pack(">B", len(ct)) + ct + struct.pack(">B", len(ce)) + ce + raw
+        raw = payload.encode(content_encoding or "utf-8") if isinstance(payload, str) else payload
+        return self._head(content_type or "", content_encoding or "") + raw
+
+    def _head(self, content_type: str, content_encoding: str) -> bytes:
+        head = self._heads.get((content_type, content_encoding))
+        if head is None:
+            ct, ce = content_type.encode(), content_encoding.encode()
+            head = struct.pack(">B", len(ct)) + ct + struct.pack(">B", len(ce)) + ce
+            self._heads[(content_type, content_encoding)] = head
+        return head
 
     def decode(self, payload: bytes) -> DumpEntry:
         """Raises ``CorruptRecord`` for bad bytes, ``ContentDisallowed`` if not accepted."""
@@ -131,6 +156,10 @@ class Codec:
             "application/json" in self.accept
             and registry._decoders.get("application/json") is kombu_json.loads
         )
+
+
+_KOMBU_JSON_DUMPS = kombu_json.dumps
+_KOMBU_JSON_CLS = kombu_json.JSONEncoder  # the ``cls`` kombu.utils.json.dumps passes
 
 
 def codec_for_app(app: Any, serializer: str | None = None) -> Codec:

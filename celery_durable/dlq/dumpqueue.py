@@ -2,8 +2,11 @@
 
 :meth:`DumpQueue.put` encodes the dump once (the store's codec) and appends it to
 this process's write-ahead log (:mod:`.wal`) before it returns, so a final
-failure is on local disk before the ``task_failure`` handler returns.  Nothing
-is kept in memory but counters.
+failure is on local disk before the ``task_failure`` handler returns.  The log
+also keeps the dumps of its own segments in memory, up to twice
+``capacity_bytes``, so a flush does not read back what this process just wrote;
+beyond that (a store that has been failing) and for adopted logs it reads the
+segments from disk.
 
 Batching is the dlqdump model, as before the log existed: a batch is written when
 it holds ``capacity_bytes`` or ``flush_interval`` seconds after its first item,
@@ -13,7 +16,8 @@ batch, and deletes a segment only after the store accepted it.  Segments of a
 process that died are adopted (:meth:`DumpQueue.adopt`) and flushed the same way;
 the flusher looks for such orphans every ``adopt_interval`` seconds as well.
 
-Threads and processes: one daemon flusher thread per queue, started lazily.  A
+Threads and processes: one daemon flusher thread per queue, started lazily
+(``put`` wakes it only for the first dump of a batch, or at capacity).  A
 forked child (a prefork pool process) must not use the parent's log nor its
 thread (it does not exist in the child): :mod:`celery_durable.dlq.capture` drops
 every queue in the child after ``fork``, so each child builds its own log.
@@ -32,8 +36,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +56,18 @@ __all__ = ["DumpQueue", "log_dropped"]
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+
+#: Queues that started a flusher thread: a forked child has none of their threads.
+_started: weakref.WeakSet[DumpQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_started):
+        queue._running = False
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DumpQueue:
@@ -81,6 +99,7 @@ class DumpQueue:
         self._retry_at = 0.0
         self._failures = 0
         self._thread: threading.Thread | None = None
+        self._running = False  # a flusher thread runs (set and cleared under the lock)
         self._stopping = False
 
     @property
@@ -101,7 +120,10 @@ class DumpQueue:
         """Called with the lock held."""
         if self._wal is None:
             self._wal = DumpWAL(
-                self.wal_directory, store_url=self.store.url, max_bytes=self.wal_max_bytes
+                self.wal_directory,
+                store_url=self.store.url,
+                max_bytes=self.wal_max_bytes,
+                keep_bytes=2 * self.capacity_bytes,
             )
         return self._wal
 
@@ -123,7 +145,7 @@ class DumpQueue:
         dump = self.store.encode(entry)
         with self._cond:
             try:
-                size = self._open_wal().append(dump)
+                size = (self._wal or self._open_wal()).append(dump)
             except OSError as exc:
                 log_dropped(entry, f"the dump log cannot take it: {exc}")
                 return
@@ -131,7 +153,8 @@ class DumpQueue:
             first = self._first_at is None
             if first:
                 self._first_at = time.monotonic()
-            self._ensure_thread()
+            if self._stopping or not self._running:
+                self._ensure_thread()
             if first or self._bytes >= self.capacity_bytes:
                 self._cond.notify()
 
@@ -155,9 +178,13 @@ class DumpQueue:
         return len(owners)
 
     def _ensure_thread(self) -> None:
-        """Called with the lock held."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stopping = False
+        """Called with the lock held.  A queue used after :meth:`close` flushes again."""
+        if self._thread is threading.current_thread():
+            return  # the flusher's own orphan scan: never undo a close()
+        self._stopping = False  # a thread still running carries on
+        if not self._running:
+            self._running = True
+            _started.add(self)
             self._thread = threading.Thread(
                 target=self._run, name="celery-durable-dlq-flush", daemon=True
             )
@@ -176,11 +203,20 @@ class DumpQueue:
         return max(due, self._retry_at) - now
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # an unexpected exit: the next put() starts a new thread
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._running = False
+
+    def _loop(self) -> None:
         next_scan = time.monotonic() + self.adopt_interval
         while True:
             with self._cond:
                 while True:
                     if self._stopping:
+                        self._running = False
                         return
                     now = time.monotonic()
                     wait = self._due_in(now)
@@ -229,8 +265,9 @@ class DumpQueue:
             self._write_lock.release()
 
     def _write_segment(self, owner: _Owner | None, path: Path) -> bool:
+        kept = self._wal.kept(path) if owner is None and self._wal is not None else None
         try:
-            segment = read_segment(path)
+            segment = kept or read_segment(path)
         except FileNotFoundError:
             return True
         except OSError as exc:

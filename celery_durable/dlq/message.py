@@ -144,11 +144,14 @@ def entry_from_context(
     task: Any, ctx: Any, task_id: str, exc: BaseException, einfo: Any, args: Any, kwargs: Any
 ) -> DumpEntry:
     """From the ``task.request`` Context of the process that ran the task."""
-    fields = dict(vars(ctx))
+    fields = vars(ctx)  # read, never changed
     headers = {k: fields[k] for k in PROTOCOL2_HEADERS if k in fields}
-    headers.update(fields.get("headers") or {})
+    custom = fields.get("headers")
+    if custom:
+        headers.update(custom)
     headers["id"] = task_id
-    headers.setdefault("task", task.name)
+    if "task" not in headers:
+        headers["task"] = task.name
     return _entry(
         task,
         headers,

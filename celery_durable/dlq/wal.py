@@ -265,14 +265,38 @@ def find_orphans(directory: Path) -> list[_Owner]:
     return found
 
 
+class _Written:
+    """What this process appended to one of its segments."""
+
+    __slots__ = ("dumps", "nbytes", "records")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.nbytes = 0
+        #: The dumps as appended, or None once past the log's ``keep_bytes``.
+        self.dumps: list[EncodedDump] | None = []
+
+
 class DumpWAL:
     """This process's dump log: append records, seal segments, hand them to the flusher.
 
     Not thread-safe on its own: the dump queue calls :meth:`append` and
     :meth:`seal` under its lock.
+
+    Up to ``keep_bytes`` of the dumps in its own segments are also kept in
+    memory (:meth:`kept`), so the flusher need not read back and check what
+    this process has just written; a segment past that bound, and every
+    adopted one, is read from disk (:func:`read_segment`).
     """
 
-    def __init__(self, directory: Path, *, store_url: str = "", max_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        store_url: str = "",
+        max_bytes: int = 1 << 30,
+        keep_bytes: int = 0,
+    ) -> None:
         _mkdir(directory)
         directory = directory.resolve()
         self.directory = directory
@@ -292,43 +316,63 @@ class DumpWAL:
         self.owner = _Owner(directory, name, fd)
         with _held_lock:
             _held.add(str(self.owner.lock_path))
+        self.keep_bytes = keep_bytes
         self._seq = 0
         self._fd: int | None = None
         self._path: Path | None = None
-        self._sizes: dict[Path, tuple[int, int]] = {}  # segment: (records, bytes)
+        self._open: _Written | None = None
+        self._written: dict[Path, _Written] = {}  # our segments on disk
+        self._kept = 0  # bytes of the segments whose dumps are kept
         self.records = 0  # records in our segments (not yet in the store)
         self.nbytes = 0  # and their bytes
 
     def append(self, dump: EncodedDump) -> int:
         """Write one record to the open segment; return its size.  Raises ``OSError``."""
         record = encode_record(dump)
-        if self.nbytes + len(record) > self.max_bytes:
+        size = len(record)
+        if self.nbytes + size > self.max_bytes:
             raise OSError(
                 f"dump log {self.directory} holds {self.nbytes} bytes; "
-                f"{len(record)} more would exceed {self.max_bytes}"
+                f"{size} more would exceed {self.max_bytes}"
             )
-        if self._fd is None or self._path is None:
-            self._seq += 1
-            self._path = self.directory / f"{self.owner.name}.{self._seq:010d}{SUFFIX}"
-            self._fd = os.open(
-                self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600
-            )
-            os.write(self._fd, HEAD.pack(MAGIC, VERSION))
-        path = self._path
-        written = os.write(self._fd, record)
-        if written != len(record):  # disk full: the torn tail is skipped on read
-            self.seal()
-            raise OSError(f"dump log {path}: short write ({written} of {len(record)})")
-        records, nbytes = self._sizes.get(path, (0, 0))
-        self._sizes[path] = (records + 1, nbytes + len(record))
+        fd, written = self._fd, self._open
+        if fd is None or written is None:
+            fd, written = self._new_segment()
+        count = os.write(fd, record)
+        if count != size:  # disk full: the torn tail is skipped on read
+            path = self.seal()
+            raise OSError(f"dump log {path}: short write ({count} of {size})")
+        written.records += 1
+        kept = written.dumps
+        if kept is not None:
+            if self._kept + size <= self.keep_bytes:
+                kept.append(dump)
+                self._kept += size
+            else:  # past the bound: this segment will be read back from disk
+                written.dumps = None
+                self._kept -= written.nbytes
+        written.nbytes += size
         self.records += 1
-        self.nbytes += len(record)
-        return len(record)
+        self.nbytes += size
+        return size
+
+    def _new_segment(self) -> tuple[int, _Written]:
+        self._seq += 1
+        path = self.directory / f"{self.owner.name}.{self._seq:010d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, HEAD.pack(MAGIC, VERSION))
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._path = fd, path
+        self._open = self._written[path] = _Written()
+        return fd, self._open
 
     def seal(self) -> Path | None:
         """Close the open segment (later appends start a new one); return its path."""
         path, fd = self._path, self._fd
-        self._fd = self._path = None
+        self._fd = self._path = self._open = None
         if fd is not None:
             os.close(fd)
         return path
@@ -337,12 +381,22 @@ class DumpWAL:
         """Our segments on disk, oldest first (the open one included)."""
         return self.owner.segments()
 
+    def kept(self, path: Path) -> Segment | None:
+        """A sealed segment of ours as appended, if its dumps were kept in memory."""
+        written = self._written.get(path)
+        if written is None or written.dumps is None or path == self._path:
+            return None
+        return Segment(path, written.dumps)
+
     def discard(self, segment: Segment) -> None:
         """The store has ``segment``'s dumps: delete it (quarantine it if damaged)."""
         discard(segment)
-        records, nbytes = self._sizes.pop(segment.path, (0, 0))
-        self.records -= records
-        self.nbytes -= nbytes
+        written = self._written.pop(segment.path, None)
+        if written is not None:
+            self.records -= written.records
+            self.nbytes -= written.nbytes
+            if written.dumps is not None:
+                self._kept -= written.nbytes
 
     def close(self) -> None:
         """Close the log; segments left on disk are adopted by the next process."""

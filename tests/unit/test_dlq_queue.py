@@ -98,3 +98,43 @@ def test_wal_bound_logs_what_it_cannot_take(
     assert '"task_id": "m0"' not in caplog.text
     assert queue.close()
     assert sorted(e.task_id for e in store.entries()) == ["m0", "m1"]
+
+
+def test_a_flush_writes_its_own_dumps_from_memory_and_reads_back_past_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher does not read back what this process just appended (the profile's
+    second-largest flush cost), except for a segment past the log's memory bound."""
+    from celery_durable.dlq import dumpqueue
+
+    store = open_store((tmp_path / "dlq").as_uri())
+    queue = DumpQueue(store, capacity_bytes=4_000, flush_interval=3600.0)
+    read: list[Path] = []
+    real = dumpqueue.read_segment
+
+    def counting(path: Path) -> object:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(dumpqueue, "read_segment", counting)
+    queue.put(entry("a", 100))
+    queue.put(entry("b", 100))
+    assert queue.flush() and read == []
+    assert sorted(e.task_id for e in store.entries()) == ["a", "b"]
+    queue.capacity_bytes = 1 << 30  # no flush at capacity; one segment past 8,000 bytes
+    for i in range(10):
+        queue.put(entry(f"big{i}", 1_000))
+    assert queue.flush() and len(read) == 1
+    assert store.count() == 12 and len(queue) == 0 and queue.pending_bytes == 0
+    assert queue.close()
+
+
+def test_a_queue_used_after_close_flushes_again(tmp_path: Path) -> None:
+    """close() stops the flusher; a later put() starts it again (nothing stays unflushed)."""
+    store = open_store((tmp_path / "dlq").as_uri())
+    queue = DumpQueue(store, flush_interval=0.05)
+    queue.put(entry("before", 10))
+    assert queue.close() and store.count() == 1
+    queue.put(entry("after", 10))
+    wait_for(lambda: store.count() == 2, timeout=20)
+    assert queue.close()

@@ -65,3 +65,35 @@ FileStoreMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=15, deadline=None
 )
 test_file_store_model = FileStoreMachine.TestCase
+
+
+def test_codec_json_bytes_are_kombus_own() -> None:
+    """The codec calls Kombu's JSON encoder directly (faster); the bytes must not change."""
+    import datetime
+    import decimal
+    import uuid
+
+    from kombu.serialization import dumps
+
+    from celery_durable.dlq.codec import Codec
+    from tests.integration.dlq_writer import entry
+
+    sample = entry("t-ü", 20)
+    sample.args = [datetime.datetime(2026, 1, 2, 3, 4, 5), uuid.uuid4(), decimal.Decimal("1.5")]
+    sample.kwargs = {"text": "naïve ☃", "nan": float("nan"), "nested": {"t": (1, 2)}}
+    payload = Codec().encode(sample)
+    _, content_encoding, data = dumps(sample.to_dict(), serializer="json")
+    assert payload.endswith(data.encode(content_encoding))
+    decoded = Codec().decode(payload)
+    assert decoded.args == sample.args and decoded.task_id == "t-ü"
+
+
+def test_codec_encodes_the_fields_only() -> None:
+    """An attribute set on an entry beside its fields is not encoded (the fast copy's guard)."""
+    from celery_durable.dlq.codec import Codec
+    from tests.integration.dlq_writer import entry
+
+    sample = entry("side", 5)
+    plain = Codec().encode(sample)
+    sample.__dict__["scratch"] = object()  # not a field, not JSON-serialisable
+    assert Codec().encode(sample) == plain
